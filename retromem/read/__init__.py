@@ -1,0 +1,1 @@
+"""The memory-attending reader (LUMEN-style live layers over precomputed token memories)."""
