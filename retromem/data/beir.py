@@ -108,6 +108,9 @@ def resolve_beir_dir(name_or_path: str | Path, cache_dir: str | Path | None = No
         _require_layout(path)
         return path.resolve()
     name = str(name_or_path)
+    if path.is_file():
+        raise MissingDataError(f"{path} is a file: give the BEIR folder that holds corpus.jsonl, queries.jsonl "
+                               "and qrels/, or a data set name")
     if os.sep in name or name.startswith("."):
         raise MissingDataError(f"BEIR data set folder {name} does not exist")
     candidates = [Path(p) / "beir" / name for p in _data_roots()]
@@ -274,6 +277,9 @@ def _require_str(obj: dict, key: str, path: Path, lineno: int) -> str:
         value = str(value)
     if not isinstance(value, str) or not value:
         raise DataError(f"{key!r} must be a non-empty string", path, lineno)
+    if any(c.isspace() for c in value):
+        raise DataError(f"{key!r} value {value!r} contains whitespace, which TREC run and qrels files cannot hold",
+                        path, lineno, "replace the whitespace, e.g. with '_'")
     return value
 
 

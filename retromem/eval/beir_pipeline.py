@@ -64,8 +64,12 @@ class BeirEvalResult:
     metadata: dict
 
 
-def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult:
-    """Encode (or reuse), index (or reuse), search and score a BEIR data set with a dense encoder."""
+def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult | None:
+    """Encode (or reuse), index (or reuse), search and score a BEIR data set with a dense encoder.
+
+    Under ``accelerate launch`` every process encodes its share of the corpus; rank 0 then goes on
+    alone and the other ranks return ``None``.
+    """
     timings: dict[str, float] = {}
     reused: list[str] = []
     clock = time.perf_counter()
@@ -82,11 +86,13 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult:
                                total=count_lines(corpus_file(dataset.root)), show_progress=config.show_progress,
                                corpus_name=str(dataset.corpus_path))
     timings["encode"] = time.perf_counter() - clock
+    if embeddings is None:  # a rank > 0 under accelerate launch: rank 0 indexes, searches and scores
+        return None
     dataset.check_qrels_docs(frozenset(embeddings.ids))
 
     clock = time.perf_counter()
     index_dir = work / f"index-{_slug(config.index.factory)}-{config.index.metric}"
-    if (index_dir / "index.json").exists():
+    if _index_matches(index_dir, embeddings):
         index = DenseIndex.load(index_dir, config=config.index)
         reused.append("index")
     else:
@@ -96,8 +102,13 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult:
     timings["index"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    run = DenseSearcher(encoder, index).search(dataset.queries, k=config.top_k)
-    run_path = work / "runs" / f"{config.split}-{_slug(config.index.factory)}.trec"
+    # one more than asked, so that dropping a query's own id (BEIR's convention) still leaves top_k
+    k = config.top_k + 1 if config.ignore_identical_ids else config.top_k
+    run = DenseSearcher(encoder, index).search(dataset.queries, k=k)
+    run_name = f"{config.split}-{config.index.factory}-{config.index.metric}-top{config.top_k}"
+    if config.index.search_params:
+        run_name += f"-{config.index.search_params}"
+    run_path = work / "runs" / f"{_slug(run_name)}.trec"
     write_trec_run(run, run_path, tag=f"retromem-{_slug(str(config.encoder.model))}")
     timings["search"] = time.perf_counter() - clock
 
@@ -136,6 +147,15 @@ def work_directory(root: Path | str | None, dataset: str, encoder_meta: dict) ->
     keys = ("fingerprint", "pooling", "normalize", "max_length", "passage_prefix", "precision")
     key = hashlib.sha256(json.dumps({k: encoder_meta.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
     return root / dataset / f"{_slug(Path(str(encoder_meta['model'])).name)}-{key[:10]}"
+
+
+def _index_matches(index_dir: Path, embeddings) -> bool:
+    """A finished index built from these very embeddings (same encoder fingerprint and count)."""
+    if not (index_dir / "index.json").exists():
+        return False
+    meta = json.loads((index_dir / "index.json").read_text())
+    return (meta.get("fingerprint") == embeddings.meta.get("fingerprint")
+            and meta.get("ntotal") == len(embeddings.ids) and meta.get("precision") == embeddings.meta.get("precision"))
 
 
 def _score(dataset: BeirDataset, run, config: BeirEvalConfig, output_dir: Path, metadata: dict,

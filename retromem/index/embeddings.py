@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retromem.data.passage import Passage
-from retromem.errors import MismatchError, MissingDataError
+from retromem.errors import MismatchError, MissingDataError, RetromemError
 from retromem.index.encoder import Encoder
 from retromem.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 
@@ -76,14 +76,19 @@ def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | 
     """Encode a (streamed) corpus into ``out_dir``; returns the merged set (``None`` on ranks other than 0).
 
     Finished chunks of an earlier, interrupted run with the same encoder are reused. A folder made by
-    another encoder raises :class:`MismatchError` (delete it or choose another folder).
+    another encoder raises :class:`MismatchError` (delete it or choose another folder), and so does a
+    finished folder whose ids are not the corpus's (the corpus changed; checked by streaming the ids).
     """
     out_dir = Path(out_dir)
     rank, world_size, barrier = _distributed_context()
     encoder_meta = encoder.metadata()
     if is_complete(out_dir):
         _check_same_encoder(read_json(out_dir / "meta.json"), encoder_meta, out_dir)
-        return EmbeddingSet.load(out_dir) if rank == 0 else None
+        if rank != 0:
+            return None
+        finished = EmbeddingSet.load(out_dir)
+        _check_same_ids(passages, finished.ids, out_dir)
+        return finished
     chunks_dir = out_dir / "chunks"
     if rank == 0:
         chunks_dir.mkdir(parents=True, exist_ok=True)
@@ -115,9 +120,8 @@ def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | 
                 continue
             vectors = encoder.encode_passages(chunk)
             write_text_atomic(ids_file, "\n".join(ids) + "\n")
-            with atomic_path(vec_file) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, vectors, allow_pickle=False)
+            with atomic_path(vec_file) as tmp, open(tmp, "wb") as handle:
+                np.save(handle, vectors, allow_pickle=False)
             bar.update(len(chunk))
     if reused:
         log.info("reused %d finished chunk(s) in %s", reused, chunks_dir)
@@ -150,10 +154,9 @@ def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus_
             offset += shape[0]
         merged.flush()
         del merged
-    with atomic_path(out_dir / "ids.txt") as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for _, ids_file in files:
-                handle.write(ids_file.read_text(encoding="utf-8"))
+    with atomic_path(out_dir / "ids.txt") as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for _, ids_file in files:
+            handle.write(ids_file.read_text(encoding="utf-8"))
     meta = dict(encoder_meta, count=count, dtype="float32", corpus=corpus_name)
     write_json_atomic(out_dir / "meta.json", meta)
     if not keep_chunks:
@@ -162,10 +165,25 @@ def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus_
 
 
 def _check_same_encoder(found: dict, expected: dict, where: Path) -> None:
-    diffs = [f"{k}: {found.get(k)!r} != {expected.get(k)!r}" for k in VECTOR_KEYS if found.get(k) != expected.get(k)]
+    # precision too: resuming an fp32 encode in bf16 would mix vectors of both kinds in one folder
+    keys = VECTOR_KEYS + ("precision",)
+    diffs = [f"{k}: {found.get(k)!r} != {expected.get(k)!r}" for k in keys if found.get(k) != expected.get(k)]
     if diffs:
         raise MismatchError(f"{where} was made by a different encoder ({'; '.join(diffs)}); "
                             "use another output folder or delete this one")
+
+
+def _check_same_ids(passages: Iterable[Passage], ids: list[str], where: Path) -> None:
+    """Stream the corpus's ids against a finished folder's ``ids.txt``; a difference means the corpus changed."""
+    count = 0
+    for count, passage in enumerate(passages, start=1):
+        if count > len(ids) or passage.id != ids[count - 1]:
+            found = ids[count - 1] if count <= len(ids) else "nothing (the corpus is longer)"
+            raise MismatchError(f"{where} holds embeddings of another corpus: passage {count} is {passage.id!r} in "
+                                f"the corpus but {found!r} in ids.txt; delete {where} or choose another folder")
+    if count != len(ids):
+        raise MismatchError(f"{where} holds embeddings of another corpus: {len(ids)} ids in ids.txt, {count} passages "
+                            f"in the corpus; delete {where} or choose another folder")
 
 
 def _chunk_files(chunks_dir: Path, index: int) -> tuple[Path, Path]:
@@ -184,7 +202,16 @@ def _distributed_context():
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, lambda: None
+    import torch
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    state = PartialState()
+    # PartialState() alone picks a distributed backend only on accelerators: launched on a machine
+    # without one (or with `accelerate launch --cpu`), it must be asked for CPU (gloo), or every
+    # process believes it is alone and they all encode and merge the whole corpus.
+    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not has_accelerator)
+    if state.num_processes != int(os.environ["WORLD_SIZE"]):
+        raise RetromemError(f"launched as {os.environ['WORLD_SIZE']} processes, but accelerate set up "
+                            f"{state.num_processes} ({state.distributed_type}); check the launch options")
     return state.process_index, state.num_processes, state.wait_for_everyone

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,7 @@ class Encoder:
         self.query_prefix = config.query_prefix if config.query_prefix is not None else st.get("query_prefix", "")
         self.passage_prefix = (config.passage_prefix if config.passage_prefix is not None
                                else st.get("passage_prefix", ""))
-        self.device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(config.device or default_device())
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
         self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code,
                                                dtype=torch.float32)
@@ -143,6 +144,15 @@ class Encoder:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
+def default_device() -> str:
+    """``cuda`` when there is a GPU (``cuda:<LOCAL_RANK>`` under ``accelerate launch``/``torchrun``, so that
+    each process uses its own GPU), else ``cpu``."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    return f"cuda:{int(local_rank) % torch.cuda.device_count()}" if local_rank is not None else "cuda"
+
+
 def resolve_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """``auto``: bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else exact fp32."""
     if precision == "fp32":
@@ -180,20 +190,25 @@ def read_sentence_transformers_config(model_path: str) -> dict:
     modules = json.loads(modules_file.read_text())
     for module in modules:
         kind = module.get("type", "")
+        if kind.endswith(("Dense", "LayerNorm", "WeightedLayerPooling")):
+            raise ValueError(f"{folder}: module {kind} is not supported by retromem's encoder")
         if kind.endswith("Pooling"):
             pooling_cfg = json.loads((folder / module.get("path", "") / "config.json").read_text())
-            if pooling_cfg.get("pooling_mode_cls_token"):
+            # sentence-transformers < 5 writes one boolean per mode; newer versions one "pooling_mode" value.
+            mode = pooling_cfg.get("pooling_mode")
+            if isinstance(mode, list) and len(mode) == 1:
+                mode = mode[0]
+            if pooling_cfg.get("pooling_mode_cls_token") or mode == "cls":
                 found["pooling"] = "cls"
-            elif pooling_cfg.get("pooling_mode_mean_tokens"):
+            elif pooling_cfg.get("pooling_mode_mean_tokens") or mode == "mean":
                 found["pooling"] = "mean"
             else:
-                mode = next((k for k, v in pooling_cfg.items() if k.startswith("pooling_mode") and v), "unknown")
+                mode = mode or next((k for k, v in pooling_cfg.items() if k.startswith("pooling_mode") and v),
+                                    "unknown")
                 raise ValueError(f"{folder}: sentence-transformers pooling {mode} is not supported; "
                                  "pass --pooling cls or --pooling mean")
         elif kind.endswith("Normalize"):
             found["normalize"] = True
-        elif kind.endswith(("Dense", "LayerNorm", "WeightedLayerPooling")):
-            raise ValueError(f"{folder}: module {kind} after pooling is not supported by retromem's encoder")
     bert_cfg = folder / "sentence_bert_config.json"
     if bert_cfg.exists():
         max_len = json.loads(bert_cfg.read_text()).get("max_seq_length")

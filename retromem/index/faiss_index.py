@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from retromem.errors import MismatchError, MissingDataError
+from retromem.errors import MismatchError, MissingDataError, RetromemError
 from retromem.index.embeddings import VECTOR_KEYS, EmbeddingSet
 from retromem.io import atomic_path, read_json, write_json_atomic
 
@@ -107,7 +107,9 @@ class DenseIndex:
             set_search_params(self.index, self.config.search_params)
 
     @classmethod
-    def load(cls, path: str | Path, config: IndexConfig | None = None) -> DenseIndex:
+    def load(cls, path: str | Path, config: IndexConfig | None = None, **options) -> DenseIndex:
+        """Load an index folder. Without ``config``, the factory and metric come from ``index.json`` and
+        ``options`` (``search_params``, ``gpu``, ``gpu_shard``, ``gpu_fp16``) set the rest."""
         faiss = import_faiss()
         path = Path(path)
         if not (path / "index.json").exists():
@@ -120,7 +122,7 @@ class DenseIndex:
             raise MismatchError(f"{path}: ids.txt has {len(ids)} ids but the index holds {index.ntotal} vectors; "
                                 "rebuild the index")
         if config is None:
-            config = IndexConfig(factory=meta.get("factory", "Flat"), metric=meta.get("metric", "ip"))
+            config = IndexConfig(factory=meta.get("factory", "Flat"), metric=meta.get("metric", "ip"), **options)
         return cls(index, ids, meta, config=config, path=path)
 
     @property
@@ -164,7 +166,7 @@ def use_gpu(config: IndexConfig) -> bool:
     if config.gpu == "never":
         return False
     if config.gpu == "always" and n_gpus == 0:
-        raise RuntimeError("--gpu always was asked for, but FAISS sees no GPU (install faiss-gpu on a GPU machine)")
+        raise RetromemError("--gpu always was asked for, but FAISS sees no GPU (install faiss-gpu on a GPU machine)")
     return n_gpus > 0
 
 
