@@ -1,0 +1,60 @@
+"""``cotmae``: CoT-MAE (Wu et al., 2022), contextual masked auto-encoding over neighbouring spans.
+
+Every example (one contiguous segment of one document, up to ``2 * (max_length - 2)`` tokens) is
+cut at its middle into two neighbouring spans A and B, which become separate rows of the batch
+(rows 0..N-1 the A spans, rows N..2N-1 the B spans). Self-supervision: encoder MLM on each span,
+masked at 30% (the ``mlm`` component). Context supervision: a two-layer decoder reconstructs B,
+masked again at 45% (``decoder_mask_ratio``), with A's [CLS] state in place of B's [CLS], and A
+from B's; reported as ``loss_cotmae``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from retromem.data.collators import TokenMasker, split_neighbouring_spans
+from retromem.pretrain.decoder import ShallowDecoder
+from retromem.pretrain.objective import EncoderPass, Objective, register
+from retromem.pretrain.retromae import decoding_loss
+
+
+@register
+class CoTMAE(Objective):
+    """Reconstruct each span from its neighbour's sentence embedding."""
+
+    name = "cotmae"
+    includes_mlm = True
+    has_decoder = True
+    has_bottleneck = True
+    uses_pairs = True
+    default_encoder_mask_ratio = 0.30
+
+    def build_heads(self, config) -> nn.Module:
+        return ShallowDecoder(config, self.options.decoder_layers)
+
+    def arrange(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_neighbouring_spans(tokens, lengths)
+
+    def collate(
+        self,
+        batch: dict[str, torch.Tensor],
+        original_ids: torch.Tensor,
+        masker: TokenMasker,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        batch["decoder_input_ids"], batch["decoder_labels"] = masker.mask(
+            original_ids, batch["attention_mask"], self.plan.decoder_masking(), generator
+        )
+
+    def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:
+        return {self.name: (self.bottleneck_loss(encoded.sentence_embedding, encoded, head), self.weight)}
+
+    def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
+        return decoding_loss(neighbour(embedding), encoded, head)
+
+
+def neighbour(rows: torch.Tensor) -> torch.Tensor:
+    """Swap the halves of the batch: row r gets row (r + N) mod 2N, its span's neighbour."""
+    half = rows.shape[0] // 2
+    return torch.roll(rows, shifts=half, dims=0)

@@ -1,0 +1,107 @@
+"""``mlm``: masked language modelling on the encoder alone (the baseline), whole-word masking.
+
+The masking itself (15% of the ordinary tokens by default, whole words, 80/10/10 replacement) is
+done by the collator for every spec; this objective adds the encoder's MLM loss.
+
+:func:`masked_lm_loss` (used by every reconstruction loss) computes vocabulary logits only at the
+labelled positions, and never all of them at once: :func:`linear_cross_entropy` projects a chunk
+of rows onto the vocabulary, takes its cross entropy and its gradients while the chunk is in cache,
+and keeps only the (rows x hidden) and (vocabulary x hidden) gradients. The (rows x vocabulary)
+logits, their log-softmax and its gradient, which dominate the memory and much of the time of a
+RetroMAE step (every token is reconstructed), are never materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from retromem.data.collators import IGNORE_INDEX
+from retromem.pretrain.objective import EncoderPass, Objective, register
+
+#: Logits computed at once by linear_cross_entropy (elements). Smaller chunks re-read the (V, H)
+#: matrix more often; about 270 rows of a 30k vocabulary measured best on CPU.
+CE_CHUNK_ELEMENTS = 1 << 23
+
+
+@register
+class MLM(Objective):
+    """Encoder MLM loss (cross entropy over the masked positions)."""
+
+    name = "mlm"
+    default_encoder_mask_ratio = 0.15
+
+    def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:
+        return {"mlm": (masked_lm_loss(encoded.hidden, encoded.labels, encoded.mlm_head), self.weight)}
+
+
+def masked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, mlm_head: nn.Module) -> torch.Tensor:
+    """Mean cross entropy of ``mlm_head`` at the labelled positions only (labels != -100)."""
+    selected = labels != IGNORE_INDEX
+    transformed = mlm_head.transform(hidden[selected])
+    return linear_cross_entropy(transformed, mlm_head.vocab_weight, mlm_head.bias, labels[selected])
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor
+) -> torch.Tensor:
+    """``F.cross_entropy(F.linear(hidden, weight, bias), targets)`` for (M, H) rows, chunked and fused.
+
+    Matrix products run in the autocast dtype (or the inputs' dtype), the softmax in float32.
+    The gradients are computed in the forward pass, chunk by chunk, when any input needs them.
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        rows, vocab = hidden.shape[0], weight.shape[0]
+        device_type = hidden.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+        h, w = hidden.to(dtype), weight.to(dtype)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = bias is not None and ctx.needs_input_grad[2]
+        softmax_dtype = torch.promote_types(dtype, torch.float32)
+        grad_h = torch.empty(h.shape, dtype=softmax_dtype, device=h.device) if need_h else None
+        grad_w = torch.zeros(w.shape, dtype=softmax_dtype, device=w.device) if need_w else None
+        grad_b = torch.zeros(vocab, dtype=softmax_dtype, device=w.device) if need_b else None
+        total = torch.zeros((), dtype=softmax_dtype, device=h.device)
+        step = max(1, CE_CHUNK_ELEMENTS // vocab)
+        scale = 1.0 / max(rows, 1)
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, rows, step):
+                stop = min(start + step, rows)
+                logits = torch.matmul(h[start:stop], w.t()).to(softmax_dtype)
+                if bias is not None:
+                    logits += bias.to(softmax_dtype)
+                index = targets[start:stop, None]
+                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+                total += (lse - logits.gather(1, index)).sum()
+                if not (need_h or need_w or need_b):
+                    continue
+                probs = logits.sub_(lse).exp_()  # softmax, in place
+                probs.scatter_add_(1, index, torch.full_like(index, -1.0, dtype=probs.dtype))
+                probs *= scale  # d(mean loss)/d logits
+                if need_b:
+                    grad_b += probs.sum(0)
+                g = probs.to(dtype)
+                if need_h:
+                    grad_h[start:stop] = torch.matmul(g, w)
+                if need_w:
+                    grad_w += torch.matmul(g.t(), h[start:stop]).to(softmax_dtype)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        h_dtype, w_dtype, b_dtype = ctx.dtypes
+        scale = grad_loss.to(grad_h.dtype if grad_h is not None else torch.float32)
+        return (
+            (grad_h * scale).to(h_dtype) if grad_h is not None else None,
+            (grad_w * scale).to(w_dtype) if grad_w is not None else None,
+            (grad_b * scale).to(b_dtype) if grad_b is not None else None,
+            None,
+        )

@@ -1,0 +1,433 @@
+"""PretrainModel: an encoder, its MLM head and the objectives' heads, trained with one forward.
+
+::
+
+    model = PretrainModel.from_encoder("minilm", objective="retromae+bow")
+    collator = model.collator(max_length=128)          # list[{"input_ids": [...]}] -> batch
+    out = model(**collator(examples))                   # {"loss", "loss_mlm", "loss_retromae", "loss_bow"}
+    model.save_pretrained("out/")                       # AutoModel + SentenceTransformer (CLS) + heads
+    model = PretrainModel.from_pretrained("out/")       # continue with the same heads and objective
+
+The MLM head is the checkpoint's own (``AutoModelForMaskedLM``'s head; when the checkpoint is a
+bare encoder such as MiniLM, its transform starts fresh) with its output projection tied to the
+encoder's word embeddings *through the module structure*: the head reads the embedding matrix at
+call time instead of registering a second reference to it, so ``state_dict()`` holds each tensor
+once and a plain HF ``Trainer`` (which saves a non-``PreTrainedModel`` with
+``safetensors.save_file``, refusing shared tensors) checkpoints and resumes it as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from retromem import __version__
+from retromem.data.collators import PretrainCollator, TokenMasker
+from retromem.errors import MismatchError, MissingDataError, RetromemError
+from retromem.io import read_json, write_json_atomic
+from retromem.model_paths import resolve_model_path
+from retromem.pretrain.objective import EncoderPass, ObjectiveError, ObjectivePlan
+
+logger = logging.getLogger(__name__)
+
+HEADS_FILE = "pretrain_heads.safetensors"
+CONFIG_FILE = "pretrain_config.json"
+FORMAT_VERSION = 1
+
+
+class PretrainModel(nn.Module):
+    """Encoder + tied MLM head + objective heads; ``forward(**batch)`` returns the weighted losses."""
+
+    #: Tells HF Trainer not to pass ``num_items_in_batch``: the losses are means already.
+    accepts_loss_kwargs = False
+
+    def __init__(self, encoder: nn.Module, mlm_head: MLMHead, plan: ObjectivePlan, tokenizer: Any):
+        super().__init__()
+        if not hasattr(encoder, "embeddings"):
+            raise RetromemError(
+                f"{type(encoder).__name__} has no 'embeddings' module: pretraining supports BERT-like encoders"
+            )
+        self.encoder = encoder
+        self.mlm_head = mlm_head
+        self.plan = plan
+        self.heads = nn.ModuleDict(plan.build_heads(encoder.config))
+        self.tokenizer = tokenizer
+        self.masker = TokenMasker.from_tokenizer(tokenizer)
+        vocab = self.encoder.get_input_embeddings().weight.shape[0]
+        if self.masker.vocab_size > vocab:
+            raise MismatchError(
+                f"the tokenizer has {self.masker.vocab_size} tokens but the encoder's embeddings only {vocab}: "
+                "use the encoder's own tokenizer (or resize the embeddings)"
+            )
+        self._hidden_states = plan.hidden_layers_needed(int(encoder.config.num_hidden_layers))
+        _freeze_pooler(encoder)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_encoder(
+        cls,
+        name_or_config: str | os.PathLike | Any,
+        objective: str = "retromae",
+        *,
+        tokenizer: str | Any | None = None,
+        **objective_options: Any,
+    ) -> PretrainModel:
+        """Start pretraining from an encoder checkpoint (alias, folder, hub id) or a config (from scratch).
+
+        With a ``transformers.PretrainedConfig`` every weight starts fresh and ``tokenizer`` (a
+        name/path or a tokenizer object) is required. ``objective_options`` are the fields of
+        :class:`retromem.pretrain.objective.ObjectiveOptions`.
+        """
+        from transformers import AutoModel, AutoModelForMaskedLM, PretrainedConfig
+
+        plan = ObjectivePlan(objective, **objective_options)
+        if isinstance(name_or_config, PretrainedConfig):
+            if tokenizer is None:
+                raise ObjectiveError("training from a config needs a tokenizer: pass tokenizer=<name, path or object>")
+            tok = _load_tokenizer(tokenizer)
+            encoder = AutoModel.from_config(name_or_config)
+            mlm_model = AutoModelForMaskedLM.from_config(name_or_config)
+        else:
+            path = resolve_model_path(str(name_or_config))
+            tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
+            encoder = AutoModel.from_pretrained(path)
+            with _quiet_transformers():  # its load report lists the head we know may be missing
+                mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+            fresh = [k for k in info.get("missing_keys", []) if not k.startswith(mlm_model.base_model_prefix + ".")]
+            if fresh:
+                logger.info("%s has no MLM head weights for %s: initialised fresh (output tied to the word embeddings)",
+                            path, ", ".join(sorted(fresh)))
+        mlm_head = MLMHead.from_masked_lm(mlm_model, encoder)
+        del mlm_model
+        return cls(encoder, mlm_head, plan, tok)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike, objective: str | None = None, **objective_options: Any
+    ) -> PretrainModel:
+        """Load a folder written by :meth:`save_pretrained`, heads included, to continue pretraining.
+
+        With no ``objective`` (or the saved one) the saved options apply, updated by
+        ``objective_options``; a different objective starts from its defaults, keeps the heads that
+        it shares with the saved one (the MLM head always) and starts the others fresh.
+        """
+        from transformers import AutoModel, AutoModelForMaskedLM
+
+        folder = Path(path)
+        config_path = folder / CONFIG_FILE
+        if not config_path.is_file():
+            raise MissingDataError(
+                f"{folder} has no {CONFIG_FILE}: it was not saved by PretrainModel.save_pretrained "
+                "(start from a plain encoder with PretrainModel.from_encoder(path, objective=...))"
+            )
+        saved = read_json(config_path)
+        objective_options = {k: v for k, v in objective_options.items() if v is not None}
+        same = objective is None or ObjectivePlan(objective).spec == ObjectivePlan(saved["objective"]).spec
+        options = {**saved["options"], **objective_options} if same else dict(objective_options)
+        plan = ObjectivePlan(saved["objective"] if objective is None else objective, **options)
+        tok = _load_tokenizer(str(folder))
+        encoder = AutoModel.from_pretrained(str(folder))
+        with torch.device("meta"):
+            skeleton = AutoModelForMaskedLM.from_config(encoder.config)
+        mlm_head = MLMHead.from_masked_lm(skeleton, encoder, tied=saved.get("tied_word_embeddings", True))
+        del skeleton
+        mlm_head.to_empty(device="cpu")
+        model = cls(encoder, mlm_head, plan, tok)
+        model._load_heads(folder / HEADS_FILE)
+        return model
+
+    # -- the contract used by the training driver -------------------------------------------------
+
+    @property
+    def config(self):
+        """The encoder's config."""
+        return self.encoder.config
+
+    @property
+    def objective(self) -> str:
+        """The canonical objective spec, e.g. ``"mlm:1+retromae:1+bow:1"``."""
+        return self.plan.spec
+
+    @property
+    def min_segment_length(self) -> int:
+        """Fewest ordinary tokens an example needs; the collator drops shorter ones (with a warning)."""
+        return self.plan.min_tokens
+
+    def segment_length(self, max_length: int) -> int:
+        """Ordinary tokens (no specials) one example should carry for inputs of ``max_length`` tokens."""
+        self._check_max_length(max_length)
+        return self.plan.segment_length(max_length)
+
+    def collator(
+        self, max_length: int, pad_to_multiple_of: int | None = None, generator: torch.Generator | None = None
+    ) -> PretrainCollator:
+        """A batch collator: callable(list[{"input_ids": [...]}]) -> dict of tensors for ``forward``."""
+        self._check_max_length(max_length)
+        return PretrainCollator(self.plan, self.masker, max_length, pad_to_multiple_of, generator)
+
+    def set_progress(self, fraction: float) -> None:
+        """Where training is, in [0, 1] (global_step / max_steps); drives bow's weight decay."""
+        self.plan.set_progress(fraction)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One encoder pass over the masked input, then every objective's losses.
+
+        Returns ``loss`` (the weighted sum, to backpropagate) and ``loss_<component>`` for each
+        component (unweighted, detached, for logging).
+        """
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if decoder_input_ids is not None:
+            batch["decoder_input_ids"] = decoder_input_ids
+            batch["decoder_labels"] = decoder_labels
+        output = self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=self._hidden_states,
+            return_dict=True,
+        )
+        encoded = EncoderPass(
+            batch=batch,
+            hidden=output.last_hidden_state,
+            hidden_states=output.hidden_states if self._hidden_states else None,
+            embeddings=self.encoder.embeddings,
+            mlm_head=self.mlm_head,
+            config=self.encoder.config,
+            heads=dict(self.heads),
+            objectives=self.plan.objectives,
+        )
+        losses = self.plan.losses(encoded)
+        total = sum(loss * weight for loss, weight in losses.values())
+        result = {"loss": total}
+        result.update({f"loss_{name}": loss.detach() for name, (loss, _) in losses.items()})
+        return result
+
+    def save_pretrained(self, out_dir: str | os.PathLike, max_seq_length: int | None = None) -> None:
+        """Write the encoder (AutoModel + SentenceTransformer with CLS pooling), tokenizer and heads.
+
+        Files are staged in a temporary folder beside ``out_dir`` and each moved into place
+        atomically (other files already in ``out_dir`` stay). ``max_seq_length`` is the
+        SentenceTransformer's (default: the encoder's limit). Refuses a folder whose
+        ``model.safetensors`` is this wrapper's whole state dict (what the stock ``Trainer._save``
+        writes), since the encoder's weights would replace it.
+        """
+        out = Path(out_dir)
+        if _holds_wrapper_state(out / "model.safetensors"):
+            raise RetromemError(
+                f"{out}/model.safetensors is a PretrainModel state dict (a stock Trainer checkpoint): "
+                "save the encoder into another folder, e.g. checkpoint-N/encoder"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            self.encoder.save_pretrained(str(staging))
+            self.tokenizer.save_pretrained(str(staging))
+            dimension = int(self.encoder.config.hidden_size)
+            _write_sentence_transformer(staging, dimension, self._st_max_length(max_seq_length))
+            save_file(self._heads_state(), str(staging / HEADS_FILE), metadata={"format": "pt"})
+            write_json_atomic(staging / CONFIG_FILE, {
+                "format_version": FORMAT_VERSION,
+                **self.plan.to_dict(),
+                "tied_word_embeddings": self.mlm_head.weight is None,
+                "encoder_class": type(self.encoder).__name__,
+                "heads": ["mlm_head", *sorted(self.heads)],
+                "sentence_embedding": "cls",
+                "retromem_version": __version__,
+            })
+            _move_tree(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the encoder's activations in backward (what Trainer's gradient_checkpointing calls)."""
+        self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _check_max_length(self, max_length: int) -> None:
+        limit = getattr(self.encoder.config, "max_position_embeddings", None)
+        if limit is not None and int(max_length) > int(limit):
+            raise ObjectiveError(f"max_length {max_length} exceeds the encoder's {limit} positions")
+
+    def _st_max_length(self, max_seq_length: int | None) -> int | None:
+        if max_seq_length is not None:
+            return int(max_seq_length)
+        limits = [
+            getattr(self.encoder.config, "max_position_embeddings", None),
+            getattr(self.tokenizer, "model_max_length", None),
+        ]
+        limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+        return min(limits) if limits else None
+
+    def _heads_state(self) -> dict[str, torch.Tensor]:
+        state = {f"mlm_head.{k}": v for k, v in self.mlm_head.state_dict().items()}
+        state.update({f"heads.{k}": v for k, v in self.heads.state_dict().items()})
+        return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+    def _load_heads(self, path: Path) -> None:
+        if not path.is_file():
+            raise MissingDataError(f"{path} is missing: the heads of {path.parent} cannot be restored")
+        state = load_file(str(path))
+        self.mlm_head.load_state_dict(_prefixed(state, "mlm_head."), strict=True)
+        saved_names = {k.split(".")[1] for k in state if k.startswith("heads.")}
+        for name, head in self.heads.items():
+            part = _prefixed(state, f"heads.{name}.")
+            if not part:
+                logger.info("%s has no saved %s head: it starts fresh", path.parent, name)
+                continue
+            try:
+                head.load_state_dict(part, strict=True)
+            except RuntimeError as err:
+                raise MismatchError(
+                    f"the saved {name} head in {path} does not fit the objective options "
+                    f"(decoder_layers differs?): {err}"
+                ) from err
+        for name in sorted(saved_names - set(self.heads)):
+            logger.info("%s: saved %s head not used by objective %s", path.parent, name, self.plan.spec)
+
+
+class MLMHead(nn.Module):
+    """Vocabulary head: the checkpoint's transform, then a projection onto the word embeddings.
+
+    ``transform`` is the MaskedLM model's head with its output projection replaced by an identity
+    (for BERT: dense + activation + LayerNorm). The projection matrix is the encoder's word
+    embedding matrix, read through an unregistered reference (so it appears once in a state dict),
+    unless the checkpoint does not tie them, in which case the head owns ``weight``.
+    """
+
+    def __init__(
+        self, transform: nn.Module, bias: torch.Tensor, embeddings: nn.Embedding, weight: torch.Tensor | None = None
+    ):
+        super().__init__()
+        self.transform = transform
+        self.bias = nn.Parameter(bias)
+        self.weight = nn.Parameter(weight) if weight is not None else None
+        self.__dict__["_embeddings"] = embeddings  # deliberately not a submodule: the tie lives in the encoder
+
+    @property
+    def vocab_weight(self) -> torch.Tensor:
+        """The (V, H) output projection."""
+        return self.weight if self.weight is not None else self._embeddings.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.transform(hidden), self.vocab_weight, self.bias)
+
+    @classmethod
+    def from_masked_lm(cls, mlm_model: nn.Module, encoder: nn.Module, tied: bool | None = None) -> MLMHead:
+        """Take the head out of an ``AutoModelForMaskedLM`` and tie it to ``encoder``'s word embeddings."""
+        base = mlm_model.base_model
+        children = [m for m in mlm_model.children() if m is not base and any(True for _ in m.parameters())]
+        output = mlm_model.get_output_embeddings()
+        if len(children) != 1 or output is None:
+            raise RetromemError(
+                f"{type(mlm_model).__name__}: cannot find a single MLM head module beside the encoder; "
+                "pretraining supports BERT/RoBERTa-style heads"
+            )
+        head = children[0]
+        if tied is None:
+            tied = output.weight is mlm_model.get_input_embeddings().weight
+        bias = output.bias.detach().clone() if output.bias is not None else torch.zeros(output.weight.shape[0])
+        weight = None if tied else output.weight.detach().clone()
+        _replace_module(head, output, nn.Identity())
+        if output.bias is not None:  # BERT/RoBERTa also register the same bias on the head itself
+            _remove_parameter(head, output.bias)
+        return cls(head, bias, encoder.get_input_embeddings(), weight)
+
+
+def _replace_module(root: nn.Module, target: nn.Module, replacement: nn.Module) -> None:
+    for name, module in list(root.named_modules()):
+        if module is target and name:
+            parent_name, _, leaf = name.rpartition(".")
+            setattr(root.get_submodule(parent_name) if parent_name else root, leaf, replacement)
+            return
+    raise RetromemError("the MLM head's output projection is not inside its head module")
+
+
+def _remove_parameter(root: nn.Module, target: torch.Tensor) -> None:
+    for name, param in list(root.named_parameters(remove_duplicate=False)):
+        if param is target or (param.device.type != "meta" and param.data_ptr() == target.data_ptr()):
+            parent_name, _, leaf = name.rpartition(".")
+            delattr(root.get_submodule(parent_name) if parent_name else root, leaf)
+
+
+def _holds_wrapper_state(path: Path) -> bool:
+    """True if ``path`` is a safetensors file of PretrainModel.state_dict() (keys of its MLM head)."""
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.startswith("mlm_head.") for key in handle.keys())  # noqa: SIM118 (not a dict)
+
+
+def _freeze_pooler(encoder: nn.Module) -> None:
+    """The pooler is not trained by these objectives; freezing it keeps DDP from waiting on its gradients."""
+    pooler = getattr(encoder, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        for param in pooler.parameters():
+            param.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' warnings for one call (restoring the previous verbosity)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def _load_tokenizer(tokenizer: str | Any):
+    from transformers import AutoTokenizer
+
+    if isinstance(tokenizer, (str, os.PathLike)):
+        return AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)))
+    return tokenizer
+
+
+def _write_sentence_transformer(folder: Path, dimension: int, max_seq_length: int | None) -> None:
+    """Have sentence-transformers write its own files for Transformer + Pooling(cls), no normalisation."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers.models import Pooling, Transformer
+
+    kwargs = {"max_seq_length": max_seq_length} if max_seq_length else {}
+    transformer = Transformer(str(folder), **kwargs)
+    pooling = Pooling(dimension, pooling_mode="cls")
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(folder), create_model_card=False)
+
+
+def _move_tree(staging: Path, out: Path) -> None:
+    """Move every file of ``staging`` to the same place under ``out`` (os.replace: atomic per file)."""
+    for source in sorted(staging.rglob("*")):
+        if source.is_file():
+            target = out / source.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+
+
+def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

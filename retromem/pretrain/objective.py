@@ -1,0 +1,457 @@
+"""The common interface of the pretraining objectives, their registry, and objective specs.
+
+A spec names objectives joined by ``+``, each with an optional weight: ``"retromae"``,
+``"retromae+bow"``, ``"mlm:1.0+bow:0.5"``. The objectives of one spec share ONE encoder pass over
+one masked input and add their losses with their weights:
+
+- ``mlm``: the encoder's masked-language-modelling loss (whole-word masking).
+- ``retromae``, ``dupmae``, ``cotmae`` and ``bow`` include the encoder MLM loss, as in their papers;
+  name ``mlm`` explicitly to change its weight (``retromae+mlm:0.5``; ``mlm:0`` drops it).
+- ``matryoshka`` applies the bottleneck losses of the other objectives to (layer, dim) sub-models.
+
+Allowed combinations, and why the others are refused:
+
+- at most one *decoder* objective (``retromae``, ``dupmae``, ``cotmae``): the decoder options
+  (``decoder_mask_ratio``, ``decoder_layers``) configure the one decoder, and each of them
+  reconstructs something different from the same [CLS] (its own span for RetroMAE/DupMAE, the
+  neighbouring span for CoT-MAE); ``dupmae`` already is ``retromae`` plus its bag-of-words loss;
+- ``bow`` and ``mlm`` combine with any of them (e.g. ``retromae+bow``, ``cotmae+bow``);
+- ``matryoshka`` needs a bottleneck objective (``retromae``, ``dupmae``, ``cotmae`` or ``bow``):
+  plain MLM has no sentence-embedding loss to apply to sub-models;
+- with ``cotmae`` every example is cut into two neighbouring spans, and the other objectives then
+  work on the spans.
+
+Each objective implements :class:`Objective`: ``build_heads`` (its trainable modules, given the
+encoder config), ``arrange``/``collate`` (its part of batching) and ``losses`` (its losses from the
+shared :class:`EncoderPass`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from retromem.data.collators import IGNORE_INDEX, MaskingConfig, TokenMasker, check_ratio, ordinary_positions
+from retromem.errors import RetromemError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+
+class ObjectiveError(RetromemError, ValueError):
+    """A bad objective spec or option: unknown name, bad weight, incompatible combination, bad value."""
+
+
+#: name -> objective class; filled by :func:`register` when the objective modules are imported.
+REGISTRY: dict[str, type[Objective]] = {}
+
+#: Objectives that bring a decoder (at most one per spec).
+DECODER_OBJECTIVES = ("retromae", "dupmae", "cotmae")
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: make an objective available to specs under ``cls.name``."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class ObjectiveOptions:
+    """Options of the objectives (one flat set, shared by the objectives of a spec).
+
+    ``None`` means "the objective's default", resolved by :class:`ObjectivePlan`.
+    """
+
+    #: Share of the encoder's ordinary tokens masked. Default 0.30 with retromae/dupmae/cotmae/bow, 0.15 for mlm alone.
+    encoder_mask_ratio: float | None = None
+    #: Mask whole words (all word pieces of a word or none), for the encoder and the decoders.
+    whole_word_mask: bool = True
+    #: Of the masked tokens, the share replaced by [MASK] and by a random token (the rest kept): BERT's 80/10/10.
+    mask_token_prob: float = 0.8
+    random_token_prob: float = 0.1
+    #: retromae/dupmae enhanced decoding: share of positions hidden from each decoder row (default 0.5);
+    #: basic decoding: share of the decoder input masked (default 0.5); cotmae: share of the
+    #: neighbouring span masked in the decoder input (default 0.45).
+    decoder_mask_ratio: float | None = None
+    #: retromae/dupmae: enhanced decoding (two streams, position-specific attention); False = basic decoding.
+    enhanced_decoding: bool = True
+    #: Decoder depth. Default 1 for retromae/dupmae, 2 for cotmae.
+    decoder_layers: int | None = None
+    #: dupmae: weight of its bag-of-words loss relative to its decoder loss.
+    dupmae_bow_weight: float = 1.0
+    #: bow: schedule of its weight over training, "cosine" (from its weight to 0) or "none".
+    bow_decay: str = "cosine"
+    #: matryoshka: (layer, dim) sub-models, 1-based layer; None = a default list from the encoder size.
+    matryoshka_submodels: list[tuple[int, int]] | None = None
+    #: matryoshka: how many sub-models to draw at random each step (0 = all of them every step).
+    matryoshka_samples: int = 1
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ObjectiveOptions:
+        """Build options from keyword values, refusing unknown names (with the closest known one).
+
+        A value of None means "not given" (the default), so a CLI can pass every flag as it parsed it.
+        """
+        values = {k: v for k, v in values.items() if v is not None}
+        known = {f.name for f in fields(cls)}
+        unknown = [k for k in values if k not in known]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ObjectiveError(f"unknown objective option(s) {', '.join(hints)}; known: {', '.join(sorted(known))}")
+        options = cls(**dict(values))
+        if isinstance(options.matryoshka_submodels, str):
+            options.matryoshka_submodels = parse_submodels(options.matryoshka_submodels)
+        elif options.matryoshka_submodels is not None:
+            options.matryoshka_submodels = [tuple(int(x) for x in pair) for pair in options.matryoshka_submodels]
+        return options
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["matryoshka_submodels"] is not None:
+            data["matryoshka_submodels"] = [list(pair) for pair in data["matryoshka_submodels"]]
+        return data
+
+
+def parse_submodels(text: str) -> list[tuple[int, int]]:
+    """Parse ``"3:384,6:128"`` into [(3, 384), (6, 128)] ((layer, dim) pairs)."""
+    pairs = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)[:x](\d+)", part)
+        if not match:
+            raise ObjectiveError(f"bad matryoshka sub-model {part!r}: write layer:dim pairs, e.g. '3:384,6:128'")
+        pairs.append((int(match.group(1)), int(match.group(2))))
+    if not pairs:
+        raise ObjectiveError("matryoshka_submodels is empty: write layer:dim pairs, e.g. '3:384,6:128'")
+    return pairs
+
+
+def parse_objective_spec(spec: str) -> list[tuple[str, float | None]]:
+    """Split ``"mlm:1.0+bow:0.5"`` into [("mlm", 1.0), ("bow", 0.5)]; weight None when not given.
+
+    Raises :class:`ObjectiveError` for an empty spec, an unknown name (with the closest known
+    name), a weight that is not a finite number >= 0, or a name given twice.
+    """
+    _load_objectives()
+    if not isinstance(spec, str) or not spec.strip():
+        raise ObjectiveError(f"empty objective: name one or more of {', '.join(sorted(REGISTRY))} joined by '+'")
+    parts: list[tuple[str, float | None]] = []
+    for raw in spec.split("+"):
+        item = raw.strip()
+        if not item:
+            raise ObjectiveError(
+                f"objective {spec!r} has an empty part: write e.g. 'retromae+bow' or 'mlm:1.0+bow:0.5'"
+            )
+        name, _, weight_text = item.partition(":")
+        name = name.strip().lower()
+        if name not in REGISTRY:
+            close = difflib.get_close_matches(name, sorted(REGISTRY), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ObjectiveError(f"unknown objective {name!r} in {spec!r}{hint}; known: {', '.join(sorted(REGISTRY))}")
+        weight: float | None = None
+        if weight_text.strip():
+            try:
+                weight = float(weight_text)
+            except ValueError as err:
+                raise ObjectiveError(f"weight of {name!r} in {spec!r} is not a number: {weight_text!r}") from err
+            if not math.isfinite(weight) or weight < 0:
+                raise ObjectiveError(
+                    f"weight of {name!r} in {spec!r} must be a finite number >= 0, got {weight_text!r}"
+                )
+        if any(name == other for other, _ in parts):
+            raise ObjectiveError(f"objective {name!r} appears twice in {spec!r}: give it once, with its weight")
+        parts.append((name, weight))
+    return parts
+
+
+@dataclass
+class EncoderPass:
+    """What the objectives share: the batch, the one encoder pass over it, and the shared modules.
+
+    ``embeddings`` is the encoder's embedding module (decoders embed tokens with it, as in the
+    papers); ``mlm_head`` maps hidden states to vocabulary logits (tied to the word embeddings).
+    """
+
+    batch: dict[str, torch.Tensor]
+    hidden: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    embeddings: nn.Module
+    mlm_head: nn.Module
+    config: Any
+    heads: Mapping[str, nn.Module]
+    objectives: list[Objective]
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.batch["input_ids"]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return self.batch["attention_mask"]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.batch["labels"]
+
+    @property
+    def sentence_embedding(self) -> torch.Tensor:
+        """The bottleneck: the last layer's state at position 0 ([CLS]), (N, H)."""
+        return self.hidden[:, 0]
+
+    @property
+    def ordinary(self) -> torch.Tensor:
+        """Bool (N, T): text positions (not [CLS], [SEP] or padding)."""
+        if "ordinary" not in self.cache:
+            self.cache["ordinary"] = ordinary_positions(self.attention_mask)
+        return self.cache["ordinary"]
+
+    @property
+    def original_ids(self) -> torch.Tensor:
+        """The unmasked input: the labels hold the original token wherever the input was changed."""
+        if "original_ids" not in self.cache:
+            self.cache["original_ids"] = torch.where(self.labels != IGNORE_INDEX, self.labels, self.input_ids)
+        return self.cache["original_ids"]
+
+    def head_of(self, objective: Objective) -> nn.Module | None:
+        """The objective's own head (None when it has none)."""
+        return self.heads.get(objective.name)
+
+    def layer_cls(self, layer: int) -> torch.Tensor:
+        """[CLS] state after encoder layer ``layer`` (1-based; the last layer without hidden_states)."""
+        if layer == self.config.num_hidden_layers:
+            return self.hidden[:, 0]
+        if self.hidden_states is None:
+            raise RuntimeError("hidden states of intermediate layers were not requested from the encoder")
+        return self.hidden_states[layer][:, 0]
+
+
+class Objective:
+    """One pretraining objective: its heads, its part of batching, its losses.
+
+    Class attributes describe it to the planner; an instance holds the resolved options and the
+    spec weight. Subclasses override what they need.
+    """
+
+    name: ClassVar[str]
+    #: Includes the encoder MLM loss (adds the ``mlm`` component unless the spec names it).
+    includes_mlm: ClassVar[bool] = False
+    #: Brings a decoder (at most one per spec).
+    has_decoder: ClassVar[bool] = False
+    #: Has a loss on the sentence embedding that matryoshka can apply to sub-models.
+    has_bottleneck: ClassVar[bool] = False
+    #: Cuts every example into a pair of neighbouring spans (batches carry 2N rows).
+    uses_pairs: ClassVar[bool] = False
+    #: Default encoder mask ratio when this objective is in the spec (the largest default wins).
+    default_encoder_mask_ratio: ClassVar[float] = 0.15
+
+    def __init__(self, options: ObjectiveOptions, weight: float, plan: ObjectivePlan):
+        self.options = options
+        self.weight = weight
+        self.plan = plan
+
+    def build_heads(self, config: PretrainedConfig) -> nn.Module | None:
+        """The objective's own trainable modules (None: it only uses the encoder and MLM head)."""
+        return None
+
+    def arrange(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rearrange the padded ordinary tokens (N, L) before framing; default: unchanged."""
+        return tokens, lengths
+
+    def collate(
+        self,
+        batch: dict[str, torch.Tensor],
+        original_ids: torch.Tensor,
+        masker: TokenMasker,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        """Add this objective's tensors to a batch that already has the masked encoder input."""
+
+    def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:
+        """Return {component name: (unweighted loss, weight)}; the model reports ``loss_<name>``."""
+        raise NotImplementedError
+
+    def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
+        """The objective's loss with ``embedding`` (N, H) in place of the sentence embedding."""
+        raise NotImplementedError(f"{self.name} has no bottleneck loss")
+
+    def bottleneck_scale(self) -> float:
+        """Schedule factor of the bottleneck loss at the current progress (bow decays; others 1)."""
+        return 1.0
+
+
+class ObjectivePlan:
+    """A parsed, validated spec with resolved options: what the collator and the model run.
+
+    Build it with ``ObjectivePlan(spec, **options)`` or ``ObjectivePlan(spec, ObjectiveOptions(...))``.
+    """
+
+    def __init__(self, spec: str, options: ObjectiveOptions | None = None, **option_values: Any):
+        if options is not None and option_values:
+            raise TypeError("give either an ObjectiveOptions or keyword options, not both")
+        # a copy: the defaults resolved below must not leak into the caller's object
+        self.options = replace(options) if options is not None else ObjectiveOptions.from_dict(option_values)
+        parts = parse_objective_spec(spec)
+        names = [name for name, _ in parts]
+        _check_combination(spec, names)
+        weights = {name: (1.0 if weight is None else weight) for name, weight in parts}
+        if "mlm" not in weights and any(REGISTRY[n].includes_mlm for n in names):
+            weights = {"mlm": 1.0, **weights}
+        self.progress = 0.0
+        self._resolve_defaults(names)
+        self.objectives: list[Objective] = [
+            REGISTRY[name](self.options, weight, self) for name, weight in weights.items() if weight > 0
+        ]
+        if not self.objectives:
+            raise ObjectiveError(f"every weight of {spec!r} is 0: nothing to train")
+        # zero weights stay in the canonical spec, so that "retromae+mlm:0" does not regain its implied mlm on reload
+        self.spec = "+".join(f"{name}:{_format_weight(weight)}" for name, weight in weights.items())
+        self.encoder_masking = MaskingConfig(
+            ratio=self.options.encoder_mask_ratio,
+            whole_word=self.options.whole_word_mask,
+            mask_token_prob=self.options.mask_token_prob,
+            random_token_prob=self.options.random_token_prob,
+        )
+
+    # -- what batching needs --------------------------------------------------------------------
+
+    @property
+    def uses_pairs(self) -> bool:
+        return any(o.uses_pairs for o in self.objectives)
+
+    @property
+    def min_tokens(self) -> int:
+        """Fewest ordinary tokens one example needs (2 per span: one to mask and one to see)."""
+        return 4 if self.uses_pairs else 2
+
+    def segment_length(self, max_length: int) -> int:
+        """Ordinary tokens per example: max_length minus [CLS]/[SEP], twice that for pairs of spans."""
+        max_length = int(max_length)
+        span = max_length - 2
+        if span < 2:
+            raise ObjectiveError(
+                f"max_length {max_length} is too short: it must leave at least 2 tokens besides [CLS] and [SEP]"
+            )
+        return 2 * span if self.uses_pairs else span
+
+    def decoder_masking(self) -> MaskingConfig:
+        return MaskingConfig(
+            ratio=self.options.decoder_mask_ratio,
+            whole_word=self.options.whole_word_mask,
+            mask_token_prob=self.options.mask_token_prob,
+            random_token_prob=self.options.random_token_prob,
+        )
+
+    def arrange(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for objective in self.objectives:
+            tokens, lengths = objective.arrange(tokens, lengths)
+        return tokens, lengths
+
+    def collate(
+        self,
+        batch: dict[str, torch.Tensor],
+        original_ids: torch.Tensor,
+        masker: TokenMasker,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        for objective in self.objectives:
+            objective.collate(batch, original_ids, masker, generator)
+
+    # -- what the model needs -------------------------------------------------------------------
+
+    def build_heads(self, config: PretrainedConfig) -> dict[str, nn.Module]:
+        heads = {}
+        for objective in self.objectives:
+            head = objective.build_heads(config)
+            if head is not None:
+                heads[objective.name] = head
+        return heads
+
+    def hidden_layers_needed(self, num_layers: int) -> bool:
+        """True when some objective reads an intermediate layer (matryoshka sub-models)."""
+        submodels = self.options.matryoshka_submodels or []
+        uses_matryoshka = any(o.name == "matryoshka" for o in self.objectives)
+        return uses_matryoshka and any(layer != num_layers for layer, _ in submodels)
+
+    def losses(self, encoded: EncoderPass) -> dict[str, tuple[torch.Tensor, float]]:
+        out: dict[str, tuple[torch.Tensor, float]] = {}
+        for objective in self.objectives:
+            out.update(objective.losses(encoded, encoded.head_of(objective)))
+        return out
+
+    def set_progress(self, fraction: float) -> None:
+        fraction = float(fraction)
+        if not math.isfinite(fraction):
+            raise ValueError(f"training progress must be a number in [0, 1], got {fraction}")
+        self.progress = min(max(fraction, 0.0), 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"objective": self.spec, "options": self.options.to_dict()}
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _resolve_defaults(self, names: list[str]) -> None:
+        o = self.options
+        if o.encoder_mask_ratio is None:
+            o.encoder_mask_ratio = max(REGISTRY[n].default_encoder_mask_ratio for n in names)
+        check_ratio("encoder_mask_ratio", o.encoder_mask_ratio)
+        decoder = next((n for n in names if REGISTRY[n].has_decoder), None)
+        if o.decoder_mask_ratio is None:
+            o.decoder_mask_ratio = 0.45 if decoder == "cotmae" else 0.5
+        check_ratio("decoder_mask_ratio", o.decoder_mask_ratio)
+        if o.decoder_layers is None:
+            o.decoder_layers = 2 if decoder == "cotmae" else 1
+        if int(o.decoder_layers) != o.decoder_layers or o.decoder_layers < 1:
+            raise ObjectiveError(f"decoder_layers must be a whole number >= 1, got {o.decoder_layers}")
+        o.decoder_layers = int(o.decoder_layers)
+        if o.bow_decay not in ("cosine", "none"):
+            raise ObjectiveError(f"bow_decay must be 'cosine' or 'none', got {o.bow_decay!r}")
+        if not math.isfinite(o.dupmae_bow_weight) or o.dupmae_bow_weight < 0:
+            raise ObjectiveError(f"dupmae_bow_weight must be a finite number >= 0, got {o.dupmae_bow_weight}")
+        if int(o.matryoshka_samples) != o.matryoshka_samples or o.matryoshka_samples < 0:
+            raise ObjectiveError(
+                f"matryoshka_samples must be a whole number >= 0 (0 = all), got {o.matryoshka_samples}"
+            )
+        # the replacement probabilities are checked by MaskingConfig
+
+
+def _check_combination(spec: str, names: list[str]) -> None:
+    decoders = [n for n in names if REGISTRY[n].has_decoder]
+    if "dupmae" in decoders and "retromae" in decoders:
+        raise ObjectiveError(
+            f"{spec!r}: dupmae already is retromae plus a bag-of-words loss on the encoder's MLM logits; "
+            "use 'dupmae' (its weight: dupmae_bow_weight) or 'retromae+bow'"
+        )
+    if len(decoders) > 1:
+        raise ObjectiveError(
+            f"{spec!r} combines {' and '.join(decoders)}: at most one decoder objective (retromae, dupmae, cotmae) "
+            "per run, since decoder_mask_ratio/decoder_layers configure the one decoder and each reconstructs "
+            "something different from the same [CLS]; combine a decoder objective with mlm, bow or matryoshka"
+        )
+    if "matryoshka" in names and not any(REGISTRY[n].has_bottleneck for n in names):
+        raise ObjectiveError(
+            f"{spec!r}: matryoshka applies the bottleneck loss to (layer, dim) sub-models, so it needs a "
+            "bottleneck objective: add retromae, dupmae, cotmae or bow (e.g. 'retromae+matryoshka')"
+        )
+
+
+def _format_weight(weight: float) -> str:
+    return f"{weight:g}"
+
+
+def _load_objectives() -> None:
+    """Import the objective modules so that they register themselves."""
+    if len(REGISTRY) >= 6:
+        return
+    from retromem.pretrain import bow, cotmae, dupmae, matryoshka, mlm, retromae  # noqa: F401

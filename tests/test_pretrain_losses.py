@@ -1,0 +1,176 @@
+"""The objectives' losses: enhanced-decoding mask, vocabulary max-pool, and overfitting each objective."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
+
+from retromem.model_paths import resolve_model_path
+from retromem.pretrain import mlm
+from retromem.pretrain.bow import bag_of_words_loss
+from retromem.pretrain.dupmae import vocab_max_pool
+from retromem.pretrain.model import PretrainModel
+from retromem.pretrain.retromae import enhanced_decoding_mask
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog near the riverbank.",
+    "Unbelievably, wordpiece tokenization handles rare words gracefully.",
+    "Dense retrieval encoders squeeze a passage into one vector.",
+    "Photosynthesis turns sunlight into chemical energy in plants.",
+    "The committee postponed its decision until the next meeting.",
+    "Bottlenecked autoencoders learn sentence embeddings without labels.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """MiniLM's word pieces for SENTENCES only: the same tokenisation with a vocabulary of ~100, so steps are fast."""
+    return small_wordpiece_tokenizer(SENTENCES)
+
+
+def small_wordpiece_tokenizer(sentences: list[str]) -> PreTrainedTokenizerFast:
+    minilm = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + sorted({piece for s in sentences for piece in minilm.tokenize(s)})
+    core = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tiny_config(tokenizer) -> BertConfig:
+    return BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+        vocab_size=len(tokenizer), max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+
+
+def test_enhanced_decoding_mask_rows():
+    lengths = torch.randint(3, 41, (64,))
+    lengths[0] = 40
+    attention_mask = (torch.arange(40)[None, :] < lengths[:, None]).long()
+    for ratio in (0.5, 0.7):
+        visible = enhanced_decoding_mask(attention_mask, ratio, generator=torch.Generator().manual_seed(0))
+        assert visible.shape == (64, 40, 40) and visible.dtype == torch.bool
+        assert visible[:, :, 0].all(), "every row sees the sentence embedding"
+        diagonal = visible.diagonal(dim1=1, dim2=2)[:, 1:]
+        assert not diagonal.any(), "no reconstructed row sees its own token"
+        padding = attention_mask[:, None, :].expand(-1, 40, -1) == 0
+        assert not visible[padding].any(), "padding is never visible"
+        rows = attention_mask.bool().clone()
+        rows[:, 0] = False
+        seen = visible[:, :, 1:].sum(-1)[rows].float()
+        candidates = (lengths[:, None].expand(-1, 40)[rows] - 2).float()
+        assert torch.equal(seen, ((1 - ratio) * candidates).round())
+        assert abs(seen.sum().item() / candidates.sum().item() - (1 - ratio)) < 0.01
+    again = enhanced_decoding_mask(attention_mask, 0.5)
+    assert not torch.equal(again, enhanced_decoding_mask(attention_mask, 0.5)), "the mask is drawn afresh"
+
+
+def test_vocab_max_pool_matches_dense_values_and_gradients():
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    positions = torch.rand(3, 7) > 0.3
+    positions[:, 1] = True
+    upstream = torch.randn(3, 50, dtype=torch.float64)
+    dense = (hidden @ weight.t()).masked_fill(~positions[..., None], float("-inf")).amax(1)
+    dense.backward(upstream)
+    expected = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    pooled = vocab_max_pool(hidden, weight, positions)
+    pooled.backward(upstream)
+    assert torch.allclose(pooled, dense)
+    assert torch.allclose(hidden.grad, expected[0]) and torch.allclose(weight.grad, expected[1])
+
+
+def test_linear_cross_entropy_matches_torch(monkeypatch):
+    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 7 * 50)  # several chunks, the last one partial
+    torch.manual_seed(0)
+    hidden = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(50, (30,))
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), targets)
+    expected.backward(torch.tensor(3.0, dtype=torch.float64))
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    hidden.grad = weight.grad = bias.grad = None
+    loss = mlm.linear_cross_entropy(hidden, weight, bias, targets)
+    loss.backward(torch.tensor(3.0, dtype=torch.float64))
+    assert torch.allclose(loss, expected)
+    for tensor, grad in zip((hidden, weight, bias), grads):
+        assert torch.allclose(tensor.grad, grad)
+    with torch.no_grad():
+        assert torch.allclose(mlm.linear_cross_entropy(hidden, weight, bias, targets), expected)
+
+
+def test_bag_of_words_loss_is_cross_entropy_against_token_counts():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 10)
+    ids = torch.tensor([[0, 3, 3, 5, 0], [0, 7, 2, 0, 0]])
+    positions = torch.tensor([[False, True, True, True, False], [False, True, True, False, False]])
+    target = torch.zeros(2, 10)
+    target[0, 3], target[0, 5], target[1, 7], target[1, 2] = 2 / 3, 1 / 3, 0.5, 0.5
+    expected = -(target * torch.log_softmax(logits, -1)).sum(1).mean()
+    assert torch.allclose(bag_of_words_loss(logits, ids, positions), expected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "component"),
+    [
+        ("mlm", {}, "mlm"),
+        ("retromae", {}, "retromae"),
+        ("retromae", {"enhanced_decoding": False}, "retromae"),
+        ("dupmae", {}, "dupmae_bow"),
+        ("cotmae", {}, "cotmae"),
+        ("bow", {}, "bow"),
+        ("retromae+bow+matryoshka", {"matryoshka_submodels": "1:64,2:16"}, "matryoshka"),
+    ],
+)
+def test_loss_falls_when_overfitting_a_few_sentences(tokenizer, spec, options, component):
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), spec, tokenizer=tokenizer, **options)
+    collator = model.collator(max_length=32, generator=torch.Generator().manual_seed(0))
+    examples = [{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for _ in range(100):
+        output = model(**collator(examples))
+        output["loss"].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        history.append({k: v.item() for k, v in output.items()})
+    assert set(history[0]) == {"loss"} | {f"loss_{name}" for name in _components(model)}
+    first = sum(h[f"loss_{component}"] for h in history[:3]) / 3
+    last = sum(h[f"loss_{component}"] for h in history[-3:]) / 3
+    assert last < 0.75 * first, f"{component}: {first:.2f} -> {last:.2f}"
+    assert sum(h["loss"] for h in history[-3:]) < 0.75 * sum(h["loss"] for h in history[:3])
+
+
+def _components(model: PretrainModel) -> set[str]:
+    names = {o.name for o in model.plan.objectives}
+    if "dupmae" in names:
+        names.add("dupmae_bow")
+    return names
+
+
+def test_weights_scale_the_total(tokenizer):
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "mlm:0.5+bow:2", tokenizer=tokenizer, bow_decay="none")
+    model.eval()
+    batch = model.collator(32)([{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES])
+    out = model(**batch)
+    assert torch.allclose(out["loss"], 0.5 * out["loss_mlm"] + 2 * out["loss_bow"])
+    model.plan.options.bow_decay = "cosine"
+    model.set_progress(1.0)
+    out = model(**batch)
+    assert torch.allclose(out["loss"], 0.5 * out["loss_mlm"])
