@@ -1,0 +1,452 @@
+"""The pretraining driver: text -> :class:`PretrainModel` -> HF ``Trainer`` -> a saved encoder.
+
+Running on the HF ``Trainer`` means the usual launchers just work: ``python``/``retromem pretrain``
+trains on one device; ``accelerate launch`` or ``torchrun`` train data-parallel (DDP) on several GPUs
+or nodes, and on a machine without GPUs on several CPU processes (gloo), e.g.
+``accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no -m retromem.cli pretrain ...``.
+
+Layout of ``output_dir``::
+
+    retromem_pretrain_run.json   the PretrainConfig of the run (checked on resume)
+    checkpoint-<step>/           Trainer checkpoints: the full PretrainModel (encoder + heads, via
+                                 save_pretrained), optimizer.pt, scheduler.pt, rng_state*.pth,
+                                 trainer_state.json (written last: a checkpoint without a readable one
+                                 is incomplete and ignored on resume)
+    tensorboard/                 with report_to="tensorboard"
+    final/                       the result: PretrainModel.save_pretrained (loads with AutoModel,
+                                 SentenceTransformer and PretrainModel.from_pretrained) + training_run.json
+
+``final/`` is written to a temporary folder and renamed into place, so an interrupted save leaves the
+previous ``final/`` (or none), never a broken one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from retromem.data.pretrain_text import load_pretrain_segments
+from retromem.errors import MismatchError, RetromemError
+from retromem.io import read_json, write_json_atomic
+from retromem.model_paths import DEFAULT_MODEL, resolve_model_path
+from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
+from retromem.pretrain.model import PretrainModel
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REPORTERS = ("none", "tensorboard", "wandb")
+RUN_FILE = "retromem_pretrain_run.json"
+#: Shortest document piece kept as a training example unless min_segment_length says otherwise.
+DEFAULT_MIN_SEGMENT = 16
+FINAL_DIR = "final"
+#: Config fields that must agree between a run and the run it resumes (the rest may change, e.g. logging).
+_RESUME_MUST_MATCH = ("model", "objective", "objective_options", "from_scratch", "max_length",
+                      "per_device_batch_size", "gradient_accumulation_steps")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything one pretraining run needs; each field maps to a ``retromem pretrain`` option."""
+
+    #: Text sources: paths, globs, BEIR names or ``kind:path`` (see :mod:`retromem.data.pretrain_text`).
+    data: list[str] = field(default_factory=list)
+    #: Checkpoints, logs and ``final/`` go here.
+    output_dir: str = "runs/pretrain"
+    #: Encoder to start from: alias (``minilm``), folder or hub id; with ``from_scratch`` only its config is used.
+    model: str = DEFAULT_MODEL
+    #: Objective spec, e.g. ``retromae``, ``retromae+bow``, ``mlm:1+bow:0.5`` (see retromem.pretrain.objective).
+    objective: str = "retromae"
+    #: ObjectiveOptions fields, e.g. {"encoder_mask_ratio": 0.3, "enhanced_decoding": False}.
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    #: Fresh random weights with ``model``'s config (a folder, alias, or a config.json with ``tokenizer``).
+    from_scratch: bool = False
+    #: Tokenizer to use instead of the model's own (required with a bare config.json).
+    tokenizer: str | None = None
+    # -- text --
+    #: JSONL/datasets field holding the text; optional title field put before it; optional id field.
+    text_field: str = "text"
+    title_field: str | None = None
+    id_field: str | None = None
+    #: Document pieces with fewer tokens are not used (default: 16, or what the objective needs if more).
+    min_segment_length: int | None = None
+    #: Read and tokenise while training instead of tokenising once into the cache (needs ``max_steps``).
+    streaming: bool = False
+    #: Shuffle buffer (examples) for streaming text.
+    shuffle_buffer: int = 10_000
+    #: Processes for tokenising; cache folder (default $RETROMEM_CACHE or ~/.cache/retromem, /pretrain_text).
+    num_proc: int | None = None
+    cache_dir: str | None = None
+    # -- optimisation --
+    #: Tokens per encoder input, [CLS] and [SEP] included (CoT-MAE: per span).
+    max_length: int = 128
+    per_device_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-4
+    #: transformers scheduler name: linear, cosine, constant_with_warmup, ...
+    lr_scheduler: str = "linear"
+    #: Below 1: a fraction of the steps; 1 or more: a number of steps.
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    #: When > 0, overrides ``epochs``.
+    max_steps: int = -1
+    epochs: float = 1.0
+    seed: int = 42
+    #: auto | fp32 | bf16 | fp16. auto: bf16 on CUDA GPUs that support it, else fp16 on CUDA; bf16
+    #: autocast on CPUs with AVX512-BF16 or AMX-BF16; fp32 otherwise.
+    precision: str = "auto"
+    # -- bookkeeping --
+    save_steps: int = 500
+    #: Checkpoints kept (oldest deleted first); None keeps all.
+    save_total_limit: int | None = 2
+    logging_steps: int = 50
+    #: none | tensorboard | wandb (comma-separated for several); TensorBoard logs go to output_dir/tensorboard.
+    report_to: str = "none"
+    #: auto: continue from the newest complete checkpoint in output_dir if any; never: refuse to start
+    #: over existing checkpoints; or the path of a checkpoint to resume from.
+    resume: str = "auto"
+    dataloader_workers: int = 0
+    #: Progress bars (tqdm, on stderr) for tokenising and training.
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`RetromemError` naming the bad option and its fix."""
+        if not self.data:
+            raise RetromemError("no pretraining data: give at least one --data source (text, JSONL, BEIR, datasets)")
+        if self.precision not in PRECISIONS:
+            raise RetromemError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        unknown = [r for r in _reporters(self.report_to) if r not in REPORTERS]
+        if unknown:
+            raise RetromemError(f"unknown report_to {unknown}: use one of {', '.join(REPORTERS)}")
+        for name in ("max_length", "per_device_batch_size", "gradient_accumulation_steps", "save_steps",
+                     "logging_steps", "min_segment_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RetromemError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise RetromemError("give max_steps > 0 or epochs > 0")
+        if self.streaming and self.max_steps <= 0:
+            raise RetromemError("streaming text has no known length: give max_steps")
+        if self.warmup < 0 or self.learning_rate <= 0:
+            raise RetromemError("warmup must be >= 0 and learning_rate > 0")
+        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
+            raise RetromemError(f"resume must be 'auto', 'never' or a checkpoint folder; {self.resume} is none")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise RetromemError(f"unknown pretraining option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Path:
+    """Pretrain ``config.model`` with ``config.objective`` on ``config.data``; return the ``final/`` folder.
+
+    Resumes from a checkpoint as ``config.resume`` says. Under ``accelerate launch``/``torchrun`` every
+    process calls this; the data are tokenised by the first process of each node (the others wait and
+    reuse its cache) and ``final/`` is written by the main process. ``callbacks`` are extra
+    ``TrainerCallback`` objects (their hooks receive the unwrapped model and the optimizer).
+    """
+    config.validate()
+    output_dir = Path(config.output_dir)
+    precision = resolve_precision(config.precision)
+    args = _training_arguments(config, output_dir, precision)  # also sets up torch.distributed under a launcher
+    checkpoint = _checkpoint_to_resume(config, output_dir, is_main=args.process_index == 0)
+    if args.process_index == 0:
+        write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "precision_resolved": precision})
+
+    if args.device.type == "cpu":
+        # Tiny gradients and optimizer moments become subnormal floats, which x86 CPUs compute on up to
+        # 10x slower; flushing them to zero changes nothing measurable in training.
+        torch.set_flush_denormal(True)
+    set_seed(config.seed)
+    model = _build_model(config)
+    segment_length = model.segment_length(config.max_length)
+    min_length = config.min_segment_length or min(segment_length, max(DEFAULT_MIN_SEGMENT, model.min_segment_length))
+    with args.main_process_first(local=True, desc="tokenising pretraining text"):
+        segments = load_pretrain_segments(
+            config.data, model.tokenizer, segment_length, text_field=config.text_field,
+            title_field=config.title_field, id_field=config.id_field, min_segment_length=min_length,
+            streaming=config.streaming, num_proc=config.num_proc, cache_dir=config.cache_dir,
+            show_progress=config.show_progress,
+        )
+    train_data = segments.select_columns(["input_ids"])
+    if config.streaming:
+        train_data = train_data.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer)
+    log.info("pretraining %s (%s) on %s segments of up to %d tokens, precision %s, %s",
+             config.model, config.objective, getattr(segments, "num_rows", "streamed"), segment_length, precision,
+             f"resuming from {checkpoint}" if checkpoint else "from step 0")
+
+    trainer = PretrainTrainer(model=model, args=args, train_dataset=train_data,
+                              data_collator=model.collator(config.max_length),
+                              callbacks=[ProgressFractionCallback(model), *_report_callbacks(config, output_dir),
+                                         *callbacks])
+    trainer.remove_callback(PrinterCallback)  # it print()s logs when the progress bar is off
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    final = output_dir / FINAL_DIR
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        save_final(trainer.accelerator.unwrap_model(trainer.model), final, {
+            "config": asdict(config), "precision": precision, "global_step": trainer.state.global_step,
+            "resumed_from": str(checkpoint) if checkpoint else None, "metrics": result.metrics,
+            "segments": getattr(segments, "num_rows", None), "world_size": args.world_size,
+            "torch": torch.__version__, "python": platform.python_version(),
+        })
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_precision(precision: str) -> str:
+    """Turn ``auto`` into what this machine does best: bf16/fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32."""
+    if precision not in PRECISIONS:
+        raise RetromemError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    on_cpu = not _has_accelerator()
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if on_cpu and cpu_has_bf16() else "fp32"
+    if precision == "fp16" and on_cpu:
+        raise RetromemError("fp16 mixed precision needs a GPU: use --precision bf16 (CPUs with AVX512-BF16/AMX) "
+                            "or fp32")
+    return precision
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), where bf16 autocast pays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest *complete* ``checkpoint-<step>`` in ``output_dir`` (one whose trainer_state.json reads)."""
+    complete = [c for c in _checkpoints(Path(output_dir)) if _checkpoint_step(c) is not None]
+    return complete[-1] if complete else None
+
+
+def save_final(model: Any, final: Path, run_info: dict[str, Any]) -> Path:
+    """Save ``model`` to ``final`` atomically: write a sibling temp folder, then swap it in by renames."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        model.save_pretrained(str(staging))
+        write_json_atomic(staging / "training_run.json", run_info)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+        os.replace(staging, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("saved the pretrained model to %s", final)
+    return final
+
+
+class PretrainTrainer(Trainer):
+    """``Trainer`` for :class:`PretrainModel`: its own save/load, and the loss components in the logs.
+
+    Checkpoints hold ``PretrainModel.save_pretrained`` (encoder + heads, safetensors, tied weights
+    handled by the model) instead of a raw state dict, and no pickled ``training_args.bin``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer divides it for accumulation
+        self.loss_is_scaled_for_ga = False
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_batches = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        if model.training:
+            for name, value in outputs.items():
+                if name.startswith("loss_") and torch.is_tensor(value) and value.numel() == 1:
+                    total = self._component_sums.get(name)
+                    value = value.detach().float()
+                    self._component_sums[name] = value if total is None else total + value
+            self._component_batches += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._component_batches:
+            for name, total in sorted(self._component_sums.items()):
+                mean = total / self._component_batches
+                if self.args.world_size > 1:
+                    mean = self.accelerator.reduce(mean, reduction="mean")
+                logs[name] = round(mean.item(), 4)
+            self._component_sums, self._component_batches = {}, 0
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        saved = type(target).from_pretrained(resume_from_checkpoint)
+        target.load_state_dict(saved.state_dict())
+        log.info("loaded the model (encoder and heads) from %s", resume_from_checkpoint)
+
+
+class ProgressFractionCallback(TrainerCallback):
+    """Tell the model how far training is before every step (``bow`` decays its weight with it)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.model.set_progress(state.global_step / max(state.max_steps, 1))
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def _build_model(config: PretrainConfig) -> PretrainModel:
+    """The model to train: a PretrainModel folder continues with its heads; an encoder gets fresh heads."""
+    options = dict(config.objective_options)
+    if not config.from_scratch:
+        path = resolve_model_path(config.model)
+        if (Path(path) / PRETRAIN_CONFIG_FILE).is_file() and not config.tokenizer:
+            log.info("continuing pretraining from %s with its heads", path)
+            return PretrainModel.from_pretrained(path, objective=config.objective, **options)
+        return PretrainModel.from_encoder(path, objective=config.objective, tokenizer=config.tokenizer, **options)
+    source = config.model if config.model.endswith(".json") else resolve_model_path(config.model)
+    tokenizer = config.tokenizer or (None if source.endswith(".json") else source)
+    if tokenizer is None:
+        raise RetromemError(f"training from the config file {source} needs a tokenizer: give --tokenizer")
+    return PretrainModel.from_encoder(AutoConfig.from_pretrained(source), objective=config.objective,
+                                      tokenizer=tokenizer, **options)
+
+
+def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str) -> TrainingArguments:
+    reporters = [r for r in _reporters(config.report_to) if r not in ("none", "tensorboard")]
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup if config.warmup < 1 else int(config.warmup),
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        num_train_epochs=config.epochs,
+        seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not _has_accelerator(),
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        report_to=reporters or "none",
+        dataloader_num_workers=config.dataloader_workers,
+        remove_unused_columns=False,
+        disable_tqdm=not config.show_progress,
+    )
+
+
+def _checkpoint_to_resume(config: PretrainConfig, output_dir: Path, is_main: bool) -> Path | None:
+    """Pick the checkpoint to resume from (or None); refuse a mismatched earlier run."""
+    existing = _checkpoints(output_dir)
+    if config.resume == "never":
+        if existing:
+            raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...): resume them with "
+                                "--resume auto, or choose another --output-dir")
+        return None
+    if config.resume != "auto":
+        checkpoint = Path(config.resume)
+        if _checkpoint_step(checkpoint) is None:
+            raise RetromemError(f"{checkpoint} is not a complete checkpoint (no readable trainer_state.json)")
+    else:
+        checkpoint = find_resume_checkpoint(output_dir)
+        if checkpoint is None:
+            return None
+    if (output_dir / RUN_FILE).exists():
+        previous = read_json(output_dir / RUN_FILE)
+        current = json.loads(json.dumps(asdict(config)))  # as it was written: tuples become lists
+        changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != current[k]]
+        if changed:
+            raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
+                                f"({', '.join(f'{k}={previous[k]!r}' for k in changed)}); use the same options, or "
+                                "another --output-dir to start afresh")
+    if is_main:
+        step = _checkpoint_step(checkpoint)
+        for stale in existing:  # incomplete or newer checkpoints left by a crash would confuse rotation
+            stale_step = _checkpoint_step(stale)
+            if stale != checkpoint and (stale_step is None or stale_step > step):
+                log.warning("removing incomplete checkpoint %s left by an interrupted run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+    return checkpoint
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in output_dir.iterdir():
+        prefix, _, number = path.name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and path.is_dir():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
+def _checkpoint_step(checkpoint: Path) -> int | None:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        step = state["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _report_callbacks(config: PretrainConfig, output_dir: Path) -> list[TrainerCallback]:
+    if "tensorboard" not in _reporters(config.report_to):
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(output_dir / "tensorboard")  # writer opens on the main process at train begin
+    return [callback]
+
+
+def _reporters(report_to: str | Sequence[str]) -> list[str]:
+    items = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    return [item.strip() for item in items if item.strip()]
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available():
+        return True
+    backends = getattr(torch, "backends", None)
+    if backends is not None and getattr(backends, "mps", None) is not None and backends.mps.is_available():
+        return True
+    return bool(getattr(torch, "xpu", None) is not None and torch.xpu.is_available())

@@ -1,0 +1,86 @@
+"""Data-parallel pretraining: ``accelerate launch`` with two CPU processes ends with identical weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from transformers import AutoModel, AutoTokenizer, BertConfig
+
+from retromem.model_paths import resolve_model_path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+#: Each rank hashes its weights when training starts and ends; the main process also writes final/.
+SCRIPT = textwrap.dedent("""
+    import hashlib, json, sys
+    import torch
+    from transformers import TrainerCallback
+    from retromem.pretrain.train import PretrainConfig, pretrain
+
+    def digest(model):
+        h = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    class HashWeights(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.start = digest(model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            report = {"rank": args.process_index, "world_size": args.world_size, "step": state.global_step,
+                      "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+                      "start": self.start, "end": digest(model)}
+            with open(f"{args.output_dir}/rank-{args.process_index}.json", "w") as handle:
+                json.dump(report, handle)
+
+    pretrain(PretrainConfig.from_dict(json.load(open(sys.argv[1]))), callbacks=[HashWeights()])
+""")
+
+
+@pytest.mark.distributed
+def test_two_cpu_processes_end_with_identical_weights(tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    model_dir = tmp_path / "tiny-bert"
+    BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+               vocab_size=len(tokenizer), max_position_embeddings=64).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    words = ["the", "lobster", "sea", "claw", "shell", "ocean", "species", "blue", "red", "game", "battle", "unit",
+             "squad", "map", "city", "river"]
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(40)) for _ in range(100)), encoding="utf-8")
+    out = tmp_path / "run"
+    config = {"data": [str(corpus)], "output_dir": str(out), "model": str(model_dir), "from_scratch": True,
+              "objective": "retromae+bow", "max_length": 32, "per_device_batch_size": 4, "max_steps": 3,
+              "save_steps": 100, "logging_steps": 1, "learning_rate": 1e-3, "precision": "fp32",
+              "show_progress": False, "cache_dir": str(tmp_path / "text-cache")}
+    (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (tmp_path / "train.py").write_text(SCRIPT, encoding="utf-8")
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(tmp_path / "train.py"), str(tmp_path / "config.json")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(PROJECT_ROOT),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    reports = [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in reports] == [2, 2]
+    assert [r["backend"] for r in reports] == ["gloo", "gloo"]
+    assert [r["step"] for r in reports] == [3, 3]
+    assert reports[0]["start"] == reports[1]["start"]
+    assert reports[0]["end"] == reports[1]["end"]  # identical weights on both ranks after training
+    assert reports[0]["end"] != reports[0]["start"]  # and training did change them
+    run = json.loads((out / "final" / "training_run.json").read_text())
+    assert run["world_size"] == 2 and run["global_step"] == 3
+    AutoModel.from_pretrained(out / "final")

@@ -1,0 +1,292 @@
+"""The pretraining driver: a short run, bf16 autocast on CPU, checkpoints, resume after a kill, errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer, BertConfig, TrainerCallback
+
+from retromem.errors import MismatchError, RetromemError
+from retromem.model_paths import resolve_model_path
+from retromem.pretrain.model import PretrainModel
+from retromem.pretrain.train import (
+    PretrainConfig,
+    cpu_has_bf16,
+    find_resume_checkpoint,
+    pretrain,
+    resolve_precision,
+    save_final,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A folder with a tiny random BERT config and the MiniLM tokenizer (trained from scratch)."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+               vocab_size=len(tokenizer), max_position_embeddings=64).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    """200 lines of 20-60 words from a small vocabulary: plain text, one document a line."""
+    words = ["the", "lobster", "sea", "claw", "shell", "ocean", "species", "blue", "red", "game", "battle", "unit",
+             "squad", "map", "city", "river", "north", "south", "early", "late", "history", "king", "war", "peace",
+             "music", "album", "song", "record", "chart", "band", "tour", "film"]
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(200)),
+                    encoding="utf-8")
+    return str(path)
+
+
+def make_config(tiny_model, corpus, output_dir, **overrides) -> PretrainConfig:
+    values = dict(data=[corpus], output_dir=str(output_dir), model=tiny_model, from_scratch=True,
+                  objective="retromae+bow", max_length=32, per_device_batch_size=4, max_steps=3, save_steps=100,
+                  logging_steps=1, learning_rate=1e-3, warmup=0, precision="fp32", show_progress=False,
+                  cache_dir=str(Path(output_dir).parent / "text-cache"))
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+def test_short_run_logs_components_and_saves_a_loadable_encoder(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    config = make_config(tiny_model, corpus, out, gradient_accumulation_steps=2, save_steps=3,
+                         report_to="tensorboard")
+    final = pretrain(config)
+
+    assert final == out / "final"
+    run = json.loads((final / "training_run.json").read_text())
+    assert run["global_step"] == 3 and run["precision"] == "fp32"
+    assert torch.isfinite(torch.tensor(run["metrics"]["train_loss"]))
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    logged = [entry for entry in state["log_history"] if "loss" in entry]
+    assert len(logged) == 3
+    for entry in logged:  # the components are logged beside the total
+        assert {"loss_mlm", "loss_retromae", "loss_bow"} <= set(entry)
+        assert all(torch.isfinite(torch.tensor(entry[k])) for k in ("loss", "loss_mlm", "loss_retromae", "loss_bow"))
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    events = event_accumulator.EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/loss_mlm", "train/loss_retromae", "train/loss_bow"} <= set(events.Tags()["scalars"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folders left
+
+    encoder = AutoModel.from_pretrained(final)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    with torch.no_grad():
+        hidden = encoder(input_ids=ids).last_hidden_state
+    assert hidden.shape == (1, 6, 64) and torch.isfinite(hidden).all()
+    # final/ holds the trained weights: the same as the checkpoint of the last step, not the initial ones
+    trained = load_file(final / "model.safetensors")
+    checkpoint = load_file(out / "checkpoint-3" / "model.safetensors")
+    assert trained.keys() == checkpoint.keys() and all(torch.equal(trained[k], checkpoint[k]) for k in trained)
+    for folder in (final, out / "checkpoint-3"):  # final and checkpoints continue with their heads
+        reloaded = PretrainModel.from_pretrained(folder)
+        assert "retromae" in reloaded.objective and "bow" in reloaded.objective
+
+    # pretraining can go on from final/: the heads come along instead of starting fresh
+    probe = HeadsProbe()
+    pretrain(make_config(tiny_model, corpus, tmp_path / "again", model=str(final), from_scratch=False, max_steps=1),
+             callbacks=[probe])
+    saved_heads = load_file(final / "pretrain_heads.safetensors")
+    assert saved_heads.keys() == probe.heads.keys()
+    assert all(torch.equal(probe.heads[k], saved_heads[k]) for k in saved_heads)
+
+
+class HeadsProbe(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        state = {**{f"mlm_head.{k}": v for k, v in model.mlm_head.state_dict().items()},
+                 **{f"heads.{k}": v for k, v in model.heads.state_dict().items()}}
+        self.heads = {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_streaming_text_with_pairs_of_spans(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    final = pretrain(make_config(tiny_model, corpus, out, streaming=True, objective="cotmae", max_steps=2,
+                                 save_steps=2))
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss_cotmae" in entry] == [1, 2]
+    assert json.loads((final / "training_run.json").read_text())["segments"] is None  # streamed: never counted
+    assert not (tmp_path / "text-cache").exists()  # streaming tokenises on the fly, caches nothing
+
+
+class AutocastProbe(TrainerCallback):
+    """Record the dtype of a linear layer's output during training."""
+
+    def __init__(self):
+        self.dtypes = set()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        layer = model.encoder.encoder.layer[0].intermediate.dense
+        layer.register_forward_hook(lambda module, inputs, output: self.dtypes.add(output.dtype))
+
+
+def test_bf16_autocasts_on_cpu(tiny_model, corpus, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("checks CPU autocast")
+    probe = AutocastProbe()
+    pretrain(make_config(tiny_model, corpus, tmp_path / "run", precision="bf16", max_steps=1, objective="bow"),
+             callbacks=[probe])
+    assert probe.dtypes == {torch.bfloat16}
+    assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
+    with pytest.raises(RetromemError, match="fp16 mixed precision needs a GPU"):
+        resolve_precision("fp16")
+
+
+RUNNER = textwrap.dedent("""
+    import json, sys
+    from retromem.pretrain.train import PretrainConfig, pretrain
+    pretrain(PretrainConfig.from_dict(json.load(open(sys.argv[1]))))
+""")
+
+
+class ResumeProbe(TrainerCallback):
+    """Snapshot the state training starts from, then stop after one step."""
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.begin_step = state.global_step
+        self.optimizer_state = copy.deepcopy(optimizer.state_dict())  # state_dict() holds live tensors
+        self.encoder_state = {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = True
+        return control
+
+
+def test_resume_after_kill_continues_from_the_last_checkpoint(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    config = make_config(tiny_model, corpus, out, max_steps=500, save_steps=2, save_total_limit=2,
+                         objective="retromae")
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.__dict__), encoding="utf-8")
+    (tmp_path / "runner.py").write_text(RUNNER, encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(PROJECT_ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen([sys.executable, str(tmp_path / "runner.py"), str(config_file)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while find_resume_checkpoint(out) is None:
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (out / "final").exists()
+
+    checkpoint = find_resume_checkpoint(out)  # the newest complete one (a later one may be half-written)
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    assert step >= 2 and step % 2 == 0
+    saved_optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    saved_encoder = load_file(checkpoint / "model.safetensors")
+
+    probe = ResumeProbe()
+    final = pretrain(config, callbacks=[probe])
+
+    assert probe.begin_step == step
+    assert_same_state(probe.optimizer_state, saved_optimizer)
+    assert saved_optimizer["state"], "the checkpoint's optimizer has moments to restore"
+    assert all(torch.equal(probe.encoder_state[k], saved_encoder[k]) for k in saved_encoder)
+    run = json.loads((final / "training_run.json").read_text())
+    assert run["global_step"] == step + 1 and run["resumed_from"] == str(checkpoint)
+    assert [c for c in out.glob("checkpoint-*") if int(c.name.split("-")[1]) > step + 1] == []
+
+
+def assert_same_state(actual, expected):
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and torch.equal(actual.cpu(), expected.cpu())
+    elif isinstance(expected, dict):
+        assert set(actual) == set(expected)
+        for key in expected:
+            assert_same_state(actual[key], expected[key])
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same_state(a, e)
+    else:
+        assert actual == expected
+
+
+def fake_checkpoint(folder: Path, step: int | None, corrupt: bool = False) -> None:
+    folder.mkdir(parents=True)
+    if corrupt:
+        (folder / "trainer_state.json").write_text('{"global_step": ', encoding="utf-8")
+    elif step is not None:
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+
+
+def test_only_complete_checkpoints_are_resumed(tmp_path):
+    fake_checkpoint(tmp_path / "checkpoint-2", 2)
+    fake_checkpoint(tmp_path / "checkpoint-10", 10)
+    fake_checkpoint(tmp_path / "checkpoint-12", None)  # killed before trainer_state.json was written
+    fake_checkpoint(tmp_path / "checkpoint-14", 14, corrupt=True)  # killed while writing it
+    (tmp_path / "checkpoint-x").mkdir()
+    assert find_resume_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert find_resume_checkpoint(tmp_path / "absent") is None
+
+
+def test_resume_refuses_a_different_run_and_never_refuses_old_checkpoints(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    fake_checkpoint(out / "checkpoint-2", 2)
+    (out / "retromem_pretrain_run.json").write_text(json.dumps({"objective": "mlm", "max_length": 32}))
+    with pytest.raises(MismatchError, match="objective"):
+        pretrain(make_config(tiny_model, corpus, out, objective="retromae"))
+    with pytest.raises(RetromemError, match="already holds checkpoints"):
+        pretrain(make_config(tiny_model, corpus, out, resume="never"))
+
+
+def test_bad_options_are_refused(tiny_model, corpus, tmp_path):
+    bad = [
+        ({"data": []}, "no pretraining data"),
+        ({"precision": "fp8"}, "unknown precision"),
+        ({"report_to": "mlflow"}, "unknown report_to"),
+        ({"streaming": True, "max_steps": -1}, "streaming"),
+        ({"max_steps": -1, "epochs": 0}, "max_steps"),
+        ({"resume": str(tmp_path / "nowhere")}, "resume must be"),
+    ]
+    for overrides, message in bad:
+        with pytest.raises(RetromemError, match=message):
+            make_config(tiny_model, corpus, tmp_path / "run", **overrides).validate()
+    with pytest.raises(RetromemError, match="unknown pretraining option"):
+        PretrainConfig.from_dict({"data": [corpus], "learning_rat": 1e-4})
+
+
+class ExplodingModel:
+    def save_pretrained(self, folder):
+        Path(folder, "model.safetensors").write_text("half a file")
+        raise OSError("disk full")
+
+
+class GoodModel:
+    def save_pretrained(self, folder):
+        Path(folder, "model.safetensors").write_text("new weights")
+
+
+def test_final_save_is_atomic(tmp_path):
+    final = tmp_path / "final"
+    save_final(GoodModel(), final, {"global_step": 1})
+    with pytest.raises(OSError, match="disk full"):
+        save_final(ExplodingModel(), final, {"global_step": 2})
+    assert (final / "model.safetensors").read_text() == "new weights"
+    assert json.loads((final / "training_run.json").read_text())["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]
+    save_final(GoodModel(), final, {"global_step": 3})
+    assert json.loads((final / "training_run.json").read_text())["global_step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]
