@@ -1,0 +1,391 @@
+"""Does bottlenecked pretraining help? The small replication of issue 3 on BEIR SciFact.
+
+From ``minilm`` (all-MiniLM-L6-v2), each arm is:
+
+    (a) finetune   fine-tune only
+    (b) mlm        MLM pretraining on the SciFact corpus, then fine-tune
+    (c) retromae   RetroMAE pretraining (enhanced decoding), then fine-tune
+    (d) bow        "Drop your Decoder" bag-of-words pretraining, then fine-tune
+    (e) cotmae     CoT-MAE pretraining, then fine-tune
+    (f) dupmae     DupMAE pretraining, then fine-tune
+
+Every pretrained arm runs the same number of steps with the same batch, length, learning rate and
+seed on the SciFact corpus (``retromem.pretrain.train.pretrain``); every arm is then fine-tuned with
+the same budget on the SciFact *train* qrels (``retromem.pretrain.finetune.finetune``: in-batch +
+mined hard negatives) and scored on the SciFact *test* qrels with ``evaluate_dense_beir`` (nDCG@10,
+Recall@100). To give every arm the same training tuples, hard negatives are mined once, by the
+starting model (``--model``), instead of by each arm's pretrained encoder; the zero-shot score of the
+starting model is reported beside the arms (it reuses the corpus embeddings the mining made). Each
+arm fine-tunes with its own pooling unless ``--finetune-pooling`` says otherwise: mean for MiniLM as
+it was trained, [CLS] for the pretrained encoders, whose bottleneck is [CLS].
+
+Output (``--output DIR``)::
+
+    results.json            every arm's scores, steps, timings, settings; the zero-shot reference
+    results.md              the same as a markdown table (also printed)
+    ndcg10.png              bar plot of nDCG@10 per arm (dashed line: zero-shot)
+    arms/<arm>/pretrain/    pretraining run (checkpoints, final/)
+    arms/<arm>/finetune/    fine-tuning run (train_examples.jsonl, checkpoints, final/)
+    arms/<arm>/eval/        BEIR results of the fine-tuned model
+    arms/<arm>/result.json  the arm's row, written last: an arm that has one is skipped by a rerun
+    work/                   cached corpus embeddings and indexes (mining, evaluation)
+
+Rerunning the same command resumes: finished arms are skipped, a pretraining or fine-tuning run
+continues from its newest checkpoint, finished stages are not redone.
+
+Sizing. The defaults take about 45 minutes on an idle 2-core CPU with AVX512-BF16 (bf16 autocast),
+from these times of MiniLM measured on this machine (fastest steps; a busy machine is slower):
+
+    pretraining, batch 16 x 128 tokens:  mlm 0.58 s, bow 0.63 s, retromae 1.07 s, dupmae 1.31 s,
+                                         cotmae 1.84 s (two spans)  -> 5.4 s for one step of all five
+    fine-tuning, batch 32 (query + positive + 1 hard negative, 128 tokens): about 3.5 s a step
+    evaluation: the 5,183 SciFact documents at 256 tokens at about 65 documents/s -> 1.5 minutes
+
+    200 pretraining steps x 5.4 s                        18 min  (+ about 30 s a run to load, save)
+    6 arms x 1 epoch (919 pairs / 32 = 29 steps) x 3.5 s 10 min  (+ about 20 s a run)
+    7 evaluations (6 arms + zero-shot) x 1.5 min         11 min  (mining reuses the zero-shot encoding)
+
+``--pretrain-steps 300`` still fits in an hour on an idle machine; on a shared one keep the margin.
+At this size (about 400k pretraining tokens, a quarter of an epoch of the SciFact corpus; one epoch of
+919 training pairs) differences between arms of about 0.01 nDCG@10 are within seed noise: run
+several ``--seed`` values before reading anything into them.
+
+Run it:
+
+    .venv/bin/python benchmarks/pretrain_quality.py --output runs/pretrain_quality
+    .venv/bin/python benchmarks/pretrain_quality.py --arms a,c --output runs/pq   # two arms only
+    # a smoke test of the whole pipeline in a few minutes (numbers meaningless):
+    .venv/bin/python benchmarks/pretrain_quality.py --pretrain-steps 2 --finetune-steps 2 \\
+        --dataset /path/to/small-beir --output /tmp/pq-smoke
+
+Bigger, on GPUs: pretraining and fine-tuning run on the HF / sentence-transformers trainers, so they
+use bf16 on GPUs that have it and every GPU of ``accelerate launch`` (data parallel; in-batch
+negatives are gathered across GPUs); mining and evaluation encode on the GPU (under a launcher the
+evaluation runs on the main process alone). A setting closer to the papers, on one GPU, with about
+ten epochs of the SciFact corpus for pretraining and ten of the training pairs for fine-tuning:
+
+    .venv/bin/python benchmarks/pretrain_quality.py --pretrain-steps 1000 --pretrain-batch-size 64 \
+        --pretrain-max-length 256 --finetune-epochs 10 --batch-size 64 --max-length 256 \
+        --finetune-lr 2e-5 --hard-negatives 3 --mine-skip 3 --seed 1 --output runs/pq-gpu-seed1
+    # then --seed 2, 3 ... into other --output folders, and compare the means
+
+On N GPUs, prefix ``accelerate launch --multi_gpu --num_processes N`` and divide the batch sizes
+(which are per GPU) by N to keep the same recipe in less time; ``--loss cached-mnrl`` keeps larger
+fine-tuning batches within memory. Pretraining on a larger in-domain corpus than
+SciFact's own 5k abstracts (``--pretrain-data``: any source ``retromem pretrain`` reads, e.g. a
+folder of biomedical abstracts) is where the papers saw the bottlenecked objectives pay off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+#: arm key -> (name, pretraining objective or None)
+ARMS = {
+    "a": ("finetune", None),
+    "b": ("mlm", "mlm"),
+    "c": ("retromae", "retromae"),
+    "d": ("bow", "bow"),
+    "e": ("cotmae", "cotmae"),
+    "f": ("dupmae", "dupmae"),
+}
+ZERO_SHOT = "zero-shot"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "sentence_transformers", "accelerate", "datasets", "faiss", "filelock", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from accelerate import PartialState
+
+    state = PartialState()
+    out = Path(args.output)
+    arms = parse_arms(args.arms)
+    rows: dict[str, dict] = {}
+    if args.zero_shot:
+        rows[ZERO_SHOT] = run_zero_shot(args, out)
+    for key in arms:
+        rows[key] = run_arm(key, args, out)
+    if state.is_main_process and rows:
+        report(rows, args, out)
+    state.wait_for_everyone()
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arms", default="a,b,c,d,e,f",
+                        help="comma-separated arm keys or names: " + ", ".join(f"{k}={v[0]}" for k, v in ARMS.items()))
+    parser.add_argument("--model", default="minilm", help="the starting encoder of every arm")
+    parser.add_argument("--dataset", default="scifact", help="BEIR data set (name or folder) with train and test qrels")
+    parser.add_argument("--pretrain-data", default=None,
+                        help="pretraining text sources (comma-separated; default: the data set's corpus)")
+    parser.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (pretraining, fine-tuning, "
+                        "evaluation); auto = bf16 on GPUs that support it and on CPUs with AVX512-BF16/AMX")
+    pre = parser.add_argument_group("pretraining (arms b-f)")
+    pre.add_argument("--pretrain-steps", type=int, default=200)
+    pre.add_argument("--pretrain-batch-size", type=int, default=16)
+    pre.add_argument("--pretrain-max-length", type=int, default=128)
+    pre.add_argument("--pretrain-lr", type=float, default=1e-4)
+    ft = parser.add_argument_group("fine-tuning (every arm)")
+    budget = ft.add_mutually_exclusive_group()
+    budget.add_argument("--finetune-epochs", type=float, default=1.0)
+    budget.add_argument("--finetune-steps", type=int, default=None, help="overrides --finetune-epochs")
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--max-length", type=int, default=128, help="tokens per text while fine-tuning")
+    ft.add_argument("--finetune-lr", type=float, default=5e-5)
+    ft.add_argument("--loss", default="mnrl", choices=("mnrl", "cached-mnrl"))
+    ft.add_argument("--hard-negatives", type=int, default=1)
+    ft.add_argument("--mine-top-k", type=int, default=30)
+    ft.add_argument("--mine-skip", type=int, default=0)
+    ft.add_argument("--finetune-pooling", default="auto", choices=("auto", "cls", "mean"),
+                    help="auto: each arm's own (MiniLM mean, pretrained encoders [CLS])")
+    ev = parser.add_argument_group("evaluation")
+    ev.add_argument("--eval-max-length", type=int, default=256, help="tokens per text when encoding for evaluation")
+    ev.add_argument("--eval-batch-size", type=int, default=64)
+    ev.add_argument("--no-zero-shot", dest="zero_shot", action="store_false",
+                    help="skip the zero-shot score of --model")
+    return parser.parse_args(argv)
+
+
+def parse_arms(spec: str) -> list[str]:
+    by_name = {name: key for key, (name, _) in ARMS.items()}
+    keys = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        key = item if item in ARMS else by_name.get(item)
+        if key is None:
+            known = ", ".join(f"{k}={v[0]}" for k, v in ARMS.items())
+            raise SystemExit(f"unknown arm {item!r}: use keys or names of {known}")
+        if key not in keys:
+            keys.append(key)
+    return keys
+
+
+def run_arm(key: str, args: argparse.Namespace, out: Path) -> dict:
+    """Pretrain (if the arm has an objective), fine-tune, evaluate; each stage skipped when already done."""
+    from retromem.io import read_json, write_json_atomic
+    from retromem.pretrain.finetune import FINAL_DIR, finetune
+
+    name, objective = ARMS[key]
+    arm_dir = out / "arms" / f"{key}-{name}"
+    result_path = arm_dir / "result.json"
+    if result_path.exists():
+        logging.info("arm %s (%s): done before, skipped (%s)", key, name, result_path)
+        return read_json(result_path)
+    timings_path = arm_dir / "timings.json"
+    timings = read_json(timings_path) if timings_path.exists() else {}
+
+    start_model, pretrain_info = args.model, None
+    if objective:
+        final = arm_dir / "pretrain" / FINAL_DIR
+        if not _finished(final / "training_run.json", args.pretrain_steps):
+            clock = time.perf_counter()
+            final = pretrain_arm(objective, args, arm_dir / "pretrain")
+            timings["pretrain_s"] = timings.get("pretrain_s", 0.0) + time.perf_counter() - clock
+            write_json_atomic(timings_path, timings)
+        pretrain_info = read_json(final / "training_run.json")
+        start_model = str(final)
+
+    ft_final = arm_dir / "finetune" / FINAL_DIR
+    if not (ft_final / "finetune_run.json").exists():
+        clock = time.perf_counter()
+        ft_final = finetune(finetune_config(start_model, args, arm_dir / "finetune", out))
+        timings["finetune_s"] = timings.get("finetune_s", 0.0) + time.perf_counter() - clock
+        write_json_atomic(timings_path, timings)
+    ft_info = read_json(ft_final / "finetune_run.json")
+
+    clock = time.perf_counter()
+    scores = evaluate(str(ft_final), args, out, arm_dir / "eval")
+    if scores is None:  # not the main process of a launcher
+        return {}
+    timings["eval_s"] = time.perf_counter() - clock
+    row = {
+        "arm": key, "name": name, "objective": objective, "start_model": args.model, "seed": args.seed,
+        "pretrain_steps": pretrain_info["global_step"] if pretrain_info else 0,
+        "pretrain_batch_size": args.pretrain_batch_size if objective else None,
+        "pretrain_max_length": args.pretrain_max_length if objective else None,
+        "finetune_steps": ft_info["global_step"], "finetune_examples": ft_info["examples"]["examples"],
+        "finetune_loss": ft_info["train_loss"], "pooling": ft_info["model_settings"]["pooling"],
+        "precision": ft_info["precision"], **scores, **timings,
+        "total_s": sum(v for k, v in timings.items() if k.endswith("_s")),
+        "model": str(ft_final),
+    }
+    write_json_atomic(timings_path, timings)
+    write_json_atomic(result_path, row)
+    logging.info("arm %s (%s): nDCG@10 %.4f", key, name, row["NDCG@10"])
+    return row
+
+
+def pretrain_arm(objective: str, args: argparse.Namespace, output_dir: Path) -> Path:
+    from retromem.data.beir import resolve_beir_dir
+    from retromem.pretrain.train import PretrainConfig, pretrain
+
+    data = (args.pretrain_data.split(",") if args.pretrain_data
+            else [f"beir:{resolve_beir_dir(args.dataset)}"])
+    config = PretrainConfig(
+        data=data, output_dir=str(output_dir), model=args.model, objective=objective,
+        max_length=args.pretrain_max_length, per_device_batch_size=args.pretrain_batch_size,
+        learning_rate=args.pretrain_lr, max_steps=args.pretrain_steps, seed=args.seed, precision=args.precision,
+        save_steps=max(1, min(200, args.pretrain_steps // 2)), logging_steps=max(1, min(25, args.pretrain_steps)),
+        cache_dir=str(Path(args.output) / "cache"),
+    )
+    return pretrain(config)
+
+
+def finetune_config(start_model: str, args: argparse.Namespace, output_dir: Path, out: Path):
+    from retromem.pretrain.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        output_dir=str(output_dir), model=start_model, beir=args.dataset, beir_split="train",
+        pooling=args.finetune_pooling, max_length=args.max_length, loss=args.loss,
+        hard_negatives=args.hard_negatives, mine_top_k=args.mine_top_k, mine_skip=args.mine_skip,
+        mining_model=args.model, mining_workdir=str(out / "work"), encode_batch_size=args.eval_batch_size,
+        epochs=args.finetune_epochs, max_steps=args.finetune_steps or -1, batch_size=args.batch_size,
+        learning_rate=args.finetune_lr, precision=args.precision, seed=args.seed,
+        save_steps=50, logging_steps=5,
+    )
+
+
+def run_zero_shot(args: argparse.Namespace, out: Path) -> dict:
+    from retromem.io import read_json, write_json_atomic
+
+    result_path = out / "arms" / ZERO_SHOT / "result.json"
+    if result_path.exists():
+        return read_json(result_path)
+    clock = time.perf_counter()
+    scores = evaluate(args.model, args, out, result_path.parent / "eval", max_length=None)
+    if scores is None:
+        return {}
+    row = {"arm": ZERO_SHOT, "name": f"{args.model} zero-shot", "objective": None, "start_model": args.model,
+           "seed": None, "pretrain_steps": 0, "finetune_steps": 0, **scores, "eval_s": time.perf_counter() - clock}
+    row["total_s"] = row["eval_s"]
+    write_json_atomic(result_path, row)
+    return row
+
+
+def evaluate(model: str, args: argparse.Namespace, out: Path, output_dir: Path,
+             max_length: int | None | str = "arg") -> dict | None:
+    """nDCG@10, Recall@100 and MRR@10 on the test split (work/ caches embeddings per encoder).
+
+    Under a launcher the main process evaluates alone (on its own device) while the others wait,
+    and they get ``None``.
+    """
+    from accelerate import PartialState
+
+    from retromem.eval.beir_pipeline import BeirEvalConfig, evaluate_dense_beir
+    from retromem.index.encoder import EncoderConfig
+
+    state = PartialState()
+    scores = None
+    if state.is_main_process:
+        encoder = EncoderConfig(model=model, precision=args.precision, batch_size=args.eval_batch_size,
+                                max_length=args.eval_max_length if max_length == "arg" else max_length,
+                                device=str(state.device))
+        with _single_process():
+            result = evaluate_dense_beir(BeirEvalConfig(dataset=args.dataset, split="test", encoder=encoder,
+                                                        workdir=out / "work", output_dir=output_dir,
+                                                        show_progress=True))
+        scores = {m: result.scores.mean[m] for m in ("NDCG@10", "Recall@100", "MRR@10") if m in result.scores.mean}
+    state.wait_for_everyone()
+    return scores
+
+
+def report(rows: dict[str, dict], args: argparse.Namespace, out: Path) -> None:
+    """results.json, results.md (printed) and ndcg10.png."""
+    from retromem.io import write_json_atomic, write_text_atomic
+
+    table = markdown_table(rows)
+    settings = {k: v for k, v in vars(args).items()}
+    write_json_atomic(out / "results.json", {"arms": rows, "settings": settings, "python": platform.python_version(),
+                                             "cpu_count": os.cpu_count()})
+    write_text_atomic(out / "results.md", f"# pretrain_quality on {args.dataset} (from {args.model})\n\n{table}\n"
+                                          f"Settings: `{json.dumps(settings, sort_keys=True)}`\n")
+    plot(rows, out / "ndcg10.png")
+    print(table)
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'ndcg10.png'}")
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    header = ("| arm | objective | pooling | pretrain steps | finetune steps | nDCG@10 | Recall@100 | pretrain s | "
+              "finetune s | eval s | total s | seed |")
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows.values():
+        cells = [row["arm"], row.get("objective") or "-", row.get("pooling", "-"), row.get("pretrain_steps", 0),
+                 row.get("finetune_steps", 0), f"{row['NDCG@10']:.4f}", f"{row.get('Recall@100', float('nan')):.4f}",
+                 _seconds(row.get("pretrain_s")), _seconds(row.get("finetune_s")), _seconds(row.get("eval_s")),
+                 _seconds(row.get("total_s")), row.get("seed") if row.get("seed") is not None else "-"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retromem.io import atomic_path
+
+    arms = [r for k, r in rows.items() if k != ZERO_SHOT]
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(arms), 3) + 1.5, 3.6))
+    labels = [f"({r['arm']}) {r['name']}" for r in arms]
+    values = [r["NDCG@10"] for r in arms]
+    bars = ax.bar(labels, values, color=["#888888" if r["objective"] in (None, "mlm") else "#3a6ea5" for r in arms])
+    for bar, value in zip(bars, values):
+        ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
+    if ZERO_SHOT in rows:
+        ax.axhline(rows[ZERO_SHOT]["NDCG@10"], color="black", linestyle="--", linewidth=1,
+                   label=f"{rows[ZERO_SHOT]['name']} {rows[ZERO_SHOT]['NDCG@10']:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    every = values + ([rows[ZERO_SHOT]["NDCG@10"]] if ZERO_SHOT in rows else [])
+    ax.set_ylim(max(0.0, min(every) - 0.05), min(1.0, max(every) + 0.03))
+    ax.set_ylabel("nDCG@10 (test)")
+    ax.set_title("pretrain then fine-tune: nDCG@10 per arm", fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+@contextlib.contextmanager
+def _single_process():
+    """Hide a launcher's WORLD_SIZE, so that corpus encoding runs in this process alone (no collective calls)."""
+    saved = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["WORLD_SIZE"]
+        else:
+            os.environ["WORLD_SIZE"] = saved
+
+
+def _finished(run_file: Path, steps: int) -> bool:
+    if not run_file.exists():
+        return False
+    return json.loads(run_file.read_text(encoding="utf-8")).get("global_step", -1) >= steps
+
+
+def _seconds(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
