@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retromem",
-        description="Retrieval-oriented encoders: encode a corpus, build FAISS indexes, search, evaluate on BEIR.",
+        description="Retrieval-oriented encoders: pretrain and fine-tune encoders, encode a corpus, build FAISS "
+                    "indexes, search, evaluate on BEIR.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"retromem {__version__}")
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_search(sub)
     _add_eval(sub)
+    _add_pretrain(sub)
+    _add_finetune(sub)
     return parser
 
 
@@ -219,6 +222,175 @@ def _run_eval_beir(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- pretrain
+
+def _add_pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pretrain an encoder with a bottlenecked MAE objective (RetroMAE, DupMAE, CoT-MAE, bow, MLM)",
+        description="Pretrain any BERT-like encoder (or a fresh one from a config) on text with the objectives of the "
+                    "RetroMAE family, on the HF Trainer: `accelerate launch` / `torchrun` give multi-GPU and "
+                    "multi-node data parallelism. Checkpoints go to --output; a rerun resumes from the newest one. "
+                    "The result, <output>/final, loads with AutoModel and SentenceTransformer ([CLS] pooling) and "
+                    "with `retromem eval beir --model <output>/final`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, nargs="+",
+                   help="text sources: plain-text files (one paragraph a line), JSONL files (--text-field), BEIR data "
+                        "set names or corpus.jsonl files, or kind:path with kind in text, jsonl, beir, datasets; "
+                        "globs allowed")
+    p.add_argument("--output", required=True, help="run folder: checkpoints, logs, final/")
+    p.add_argument("--model", default="minilm", help="encoder to start from: alias (minilm), folder or hub id")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="random weights with --model's config (a folder, alias or config.json; then give --tokenizer)")
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id, instead of the model's own")
+    p.add_argument("--objective", default="retromae",
+                   help="objectives and weights, '+'-joined: mlm, retromae, dupmae, cotmae, bow, matryoshka; e.g. "
+                        "retromae, retromae+bow, mlm:1+bow:0.5, retromae+matryoshka")
+    o = p.add_argument_group("objective options (unset = the objective's default)")
+    o.add_argument("--encoder-mask-ratio", type=float,
+                   help="share of encoder tokens masked (0.30 with a bottleneck objective, 0.15 for mlm alone)")
+    o.add_argument("--decoder-mask-ratio", type=float,
+                   help="retromae/dupmae: share of positions each decoder row cannot see (0.5); cotmae: share of the "
+                        "other span masked for its decoder (0.45)")
+    o.add_argument("--basic-decoding", action="store_true",
+                   help="retromae/dupmae: plain masked decoding instead of enhanced (two-stream) decoding")
+    o.add_argument("--decoder-layers", type=int, help="decoder depth (1 for retromae/dupmae, 2 for cotmae)")
+    o.add_argument("--no-whole-word-mask", action="store_true", help="mask word pieces independently")
+    o.add_argument("--dupmae-bow-weight", type=float, help="dupmae: weight of its bag-of-words loss (1.0)")
+    o.add_argument("--bow-decay", choices=("cosine", "none"), help="bow: its weight's schedule (cosine to 0)")
+    o.add_argument("--matryoshka-submodels",
+                   help="matryoshka: layer:dim sub-models that also get the bottleneck loss, e.g. 3:128,6:192")
+    o.add_argument("--matryoshka-samples", type=int, help="matryoshka: sub-models drawn each step (1; 0 = all)")
+    t = p.add_argument_group("text")
+    t.add_argument("--text-field", default="text", help="JSONL / datasets field with the text")
+    t.add_argument("--title-field", help="JSONL / datasets field put before the text")
+    t.add_argument("--id-field", help="JSONL / datasets field with a document id")
+    t.add_argument("--min-segment-length", type=int, help="shorter document pieces are not used (tokens)")
+    t.add_argument("--streaming", action="store_true",
+                   help="tokenise while training instead of once into the cache (corpora larger than disk; "
+                        "needs --max-steps)")
+    t.add_argument("--num-proc", type=int, help="processes for tokenising")
+    t.add_argument("--cache-dir", help="tokenised-text cache (default $RETROMEM_CACHE/pretrain_text)")
+    _add_training_options(p, lr=1e-4, batch=16, save_steps=500)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per encoder input (CoT-MAE: per span)")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps (< 1) or steps")
+    p.add_argument("--lr-scheduler", default="linear", help="transformers scheduler: linear, cosine, ...")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from retromem.pretrain.train import PretrainConfig, pretrain
+
+    options = {
+        "encoder_mask_ratio": args.encoder_mask_ratio, "decoder_mask_ratio": args.decoder_mask_ratio,
+        "enhanced_decoding": False if args.basic_decoding else None, "decoder_layers": args.decoder_layers,
+        "whole_word_mask": False if args.no_whole_word_mask else None, "dupmae_bow_weight": args.dupmae_bow_weight,
+        "bow_decay": args.bow_decay, "matryoshka_submodels": args.matryoshka_submodels,
+        "matryoshka_samples": args.matryoshka_samples,
+    }
+    config = PretrainConfig(
+        data=args.data, output_dir=args.output, model=args.model, objective=args.objective,
+        objective_options={k: v for k, v in options.items() if v is not None}, from_scratch=args.from_scratch,
+        tokenizer=args.tokenizer, text_field=args.text_field, title_field=args.title_field, id_field=args.id_field,
+        min_segment_length=args.min_segment_length, streaming=args.streaming, num_proc=args.num_proc,
+        cache_dir=args.cache_dir, max_length=args.max_length, per_device_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler=args.lr_scheduler,
+        warmup=args.warmup, weight_decay=args.weight_decay, max_steps=args.max_steps, epochs=args.epochs,
+        seed=args.seed, precision=args.precision, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,
+    )
+    start = time.perf_counter()
+    final = pretrain(config)
+    if final is not None:
+        print(f"pretrained {args.objective} in {time.perf_counter() - start:.1f}s -> {final}")
+    return 0
+
+
+# ---------------------------------------------------------------- finetune
+
+def _add_finetune(sub) -> None:
+    p = sub.add_parser(
+        "finetune", help="contrastive fine-tuning (in-batch + hard negatives) with sentence-transformers",
+        description="Fine-tune an encoder into a retriever with sentence-transformers' trainer and "
+                    "(Cached)MultipleNegativesRankingLoss: in-batch negatives plus hard negatives mined with "
+                    "retromem's own index (top-k of the starting encoder, positives excluded). Training pairs come "
+                    "from a BEIR data set's train qrels or from JSONL (query, positive, negatives). The result, "
+                    "<output>/final, is a sentence-transformers folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--beir", help="BEIR data set name or folder: pairs from its --split qrels (grade >= 1)")
+    src.add_argument("--jsonl", nargs="+",
+                     help='JSONL files of {"query": ..., "positive": ..., "negatives": [...]} (negatives optional)')
+    p.add_argument("--split", default="train", help="qrels split of --beir used for training")
+    p.add_argument("--output", required=True, help="run folder: mined examples, checkpoints, final/")
+    p.add_argument("--model", default="minilm",
+                   help="encoder to fine-tune: alias, folder (e.g. <pretrain>/final), hub id")
+    p.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto",
+                   help="pooling for a bare HF folder (auto: the sentence-transformers config, else cls)")
+    p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise (dot-product retriever)")
+    p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
+    p.add_argument("--query-prefix", help="text put before queries")
+    p.add_argument("--passage-prefix", help="text put before passages")
+    p.add_argument("--loss", choices=("mnrl", "cached-mnrl"), default="mnrl",
+                   help="MultipleNegativesRankingLoss, or its cached (GradCache) form: large batches in small memory")
+    p.add_argument("--scale", type=float, default=20.0, help="similarity scale (1 / temperature)")
+    p.add_argument("--mini-batch-size", type=int, default=32, help="cached-mnrl: texts per forward pass")
+    n = p.add_argument_group("hard negatives")
+    n.add_argument("--hard-negatives", type=int, default=1, help="mined negatives per pair (0 = in-batch only)")
+    n.add_argument("--negatives-source", choices=("dense",), default="dense",
+                   help="where negatives come from: retromem's dense index of the starting encoder (BM25 to come)")
+    n.add_argument("--mine-top-k", type=int, default=30, help="candidates searched per query")
+    n.add_argument("--mine-skip", type=int, default=0, help="top-ranked candidates skipped (likely false negatives)")
+    n.add_argument("--mine-sampling", choices=("top", "random"), default="top",
+                   help="take the best-ranked remaining candidates, or sample among them")
+    n.add_argument("--mine-max-score-ratio", type=float,
+                   help="drop candidates scoring above this fraction of the positive's score")
+    n.add_argument("--mining-model", help="encoder used for mining (default: --model)")
+    _add_training_options(p, lr=2e-5, batch=32, save_steps=500)
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps spent warming up")
+    p.set_defaults(func=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    from retromem.pretrain.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        output_dir=args.output, model=args.model, beir=args.beir, beir_split=args.split, jsonl=args.jsonl or [],
+        pooling=args.pooling, normalize=not args.no_normalize, max_length=args.max_length,
+        query_prefix=args.query_prefix, passage_prefix=args.passage_prefix, loss=args.loss, scale=args.scale,
+        mini_batch_size=args.mini_batch_size, hard_negatives=args.hard_negatives,
+        negatives_source=args.negatives_source, mine_top_k=args.mine_top_k, mine_skip=args.mine_skip,
+        mine_sampling=args.mine_sampling, mine_max_score_ratio=args.mine_max_score_ratio,
+        mining_model=args.mining_model, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, precision=args.precision,
+        seed=args.seed, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,
+    )
+    start = time.perf_counter()
+    final = finetune(config)
+    if final is not None:
+        print(f"fine-tuned in {time.perf_counter() - start:.1f}s -> {final}")
+    return 0
+
+
+def _add_training_options(p, lr: float, batch: int, save_steps: int) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs when > 0)")
+    g.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
+    g.add_argument("--batch-size", type=int, default=batch, help="examples per device per step")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto = bf16 (else fp16) on GPUs, bf16 autocast on CPUs with native bf16, else fp32")
+    g.add_argument("--seed", type=int, default=42, help="random seed")
+    g.add_argument("--save-steps", type=int, default=save_steps, help="checkpoint every N steps")
+    g.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept")
+    g.add_argument("--logging-steps", type=int, default=50, help="log losses every N steps")
+    g.add_argument("--report-to", default="none", help="none, tensorboard, wandb (comma-separated)")
+    g.add_argument("--resume", default="auto",
+                   help="auto: continue from the newest checkpoint in --output; never; or a checkpoint folder")
+
+
 # ---------------------------------------------------------------- shared options
 
 def _add_encoder_options(p) -> None:
@@ -298,7 +470,8 @@ def _parse_k_values(text: str) -> tuple[int, ...]:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
