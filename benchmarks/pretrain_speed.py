@@ -37,10 +37,10 @@ import torch
 
 from retromem.data.beir import data_root
 from retromem.data.pretrain_text import load_pretrain_segments
+from retromem.index.encoder import cpu_supports_bf16
 from retromem.io import write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL
 from retromem.pretrain.model import PretrainModel
-from retromem.pretrain.train import cpu_has_bf16
 
 #: name -> (objective spec, objective options)
 ARMS = {
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     text = args.text or str(data_root() / "text" / "wikitext-2" / "valid.txt")
     print(f"model {args.model}, batch {args.batch_size} x {args.max_length}, {args.steps} timed steps "
           f"(+{args.warmup} warm-up), device {device}, torch threads {torch.get_num_threads()}, "
-          f"CPU bf16 units: {cpu_has_bf16()}", flush=True)
+          f"CPU bf16 units: {cpu_supports_bf16()}", flush=True)
 
     # Every objective's model is built once; steps then go round-robin over precisions and objectives,
     # so that a change in machine load (it is shared) affects all of them alike and the ratios hold.
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {"model": args.model, "batch_size": args.batch_size, "max_length": args.max_length,
                          "steps": args.steps, "warmup": args.warmup, "device": str(device),
                          "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                         "python": platform.python_version(), "cpu_bf16": cpu_has_bf16(),
+                         "python": platform.python_version(), "cpu_bf16": cpu_supports_bf16(),
                          "cpus": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_after},
             "results": results, "summary": summary, "reference": REFERENCE,
         })

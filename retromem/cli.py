@@ -299,6 +299,7 @@ def _run_pretrain(args) -> int:
         seed=args.seed, precision=args.precision, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,
     )
+    _show_training_logs()
     start = time.perf_counter()
     final = pretrain(config)
     if final is not None:
@@ -366,6 +367,7 @@ def _run_finetune(args) -> int:
         seed=args.seed, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,
     )
+    _show_training_logs()
     start = time.perf_counter()
     final = finetune(config)
     if final is not None:
@@ -467,6 +469,14 @@ def _parse_k_values(text: str) -> tuple[int, ...]:
     if not values or values[0] < 1:
         raise ValueError(f"--k-values must be positive integers, got {text!r}")
     return values
+
+
+def _show_training_logs() -> None:
+    """Losses and learning rate every --logging-steps, on stderr beside the progress bar."""
+    for name in ("retromem.pretrain", "retromem.data.pretrain_text"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 def _setup_logging(verbose: bool) -> None:

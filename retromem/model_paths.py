@@ -53,7 +53,8 @@ def model_fingerprint(path: str) -> str:
     if not folder.is_dir():
         digest.update(path.encode())
         return digest.hexdigest()[:16]
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"))
     for file in files:
         digest.update(file.name.encode())
         with open(file, "rb") as handle:

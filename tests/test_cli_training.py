@@ -25,8 +25,8 @@ def test_pretrain_then_evaluate_the_result(tiny_model_dir, tiny_beir, tmp_path, 
     assert "{'loss'" not in printed  # library logs go through logging, not stdout
     final = out / "final"
     options = json.loads((final / "pretrain_config.json").read_text())
-    assert options["objective_options"]["encoder_mask_ratio"] == 0.4
-    assert options["objective_options"]["decoder_mask_ratio"] == 0.6
+    assert options["options"]["encoder_mask_ratio"] == 0.4
+    assert options["options"]["decoder_mask_ratio"] == 0.6
     AutoModel.from_pretrained(final)
     SentenceTransformer(str(final), device="cpu")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import random
 import signal
@@ -19,16 +20,11 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, BertConfig, TrainerCallback
 
 from retromem.errors import MismatchError, RetromemError
+from retromem.index.encoder import cpu_supports_bf16
 from retromem.model_paths import resolve_model_path
 from retromem.pretrain.model import PretrainModel
-from retromem.pretrain.train import (
-    PretrainConfig,
-    cpu_has_bf16,
-    find_resume_checkpoint,
-    pretrain,
-    resolve_precision,
-    save_final,
-)
+from retromem.pretrain.train import PretrainConfig, pretrain, save_final
+from retromem.pretrain.trainer_utils import find_resume_checkpoint, resolve_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,9 +141,17 @@ def test_bf16_autocasts_on_cpu(tiny_model, corpus, tmp_path):
     pretrain(make_config(tiny_model, corpus, tmp_path / "run", precision="bf16", max_steps=1, objective="bow"),
              callbacks=[probe])
     assert probe.dtypes == {torch.bfloat16}
-    assert resolve_precision("auto") == ("bf16" if cpu_has_bf16() else "fp32")
+    assert resolve_precision("auto") == ("bf16" if cpu_supports_bf16() else "fp32")
     with pytest.raises(RetromemError, match="fp16 mixed precision needs a GPU"):
         resolve_precision("fp16")
+
+
+def test_training_logs_go_to_logging_not_stdout(tiny_model, corpus, tmp_path, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="retromem.pretrain.train"):
+        pretrain(make_config(tiny_model, corpus, tmp_path / "run", max_steps=2, objective="bow", show_progress=True))
+    assert "'loss'" not in capsys.readouterr().out  # the progress bar no longer tqdm.write()s every log dict
+    logged = [r.getMessage() for r in caplog.records if r.name == "retromem.pretrain.train"]
+    assert [m.split(":")[0] for m in logged if "loss_bow" in m] == ["step 1", "step 2"]
 
 
 RUNNER = textwrap.dedent("""

@@ -142,7 +142,8 @@ def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus_
     files = [_chunk_files(chunks_dir, i) for i in range(n_chunks)]
     missing = [str(v) for v, i in files if not (v.exists() and i.exists())]
     if missing:
-        raise MissingDataError(f"cannot merge: {len(missing)} chunk(s) missing, e.g. {missing[0]}; run the encode again")
+        raise MissingDataError(f"cannot merge: {len(missing)} chunk(s) missing, e.g. {missing[0]}; "
+                               "run the encode again")
     shapes = [np.load(v, mmap_mode="r").shape for v, _ in files]
     count = sum(s[0] for s in shapes)
     dim = encoder_meta["dim"]

@@ -13,42 +13,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retromem.data.collators import TokenMasker, split_neighbouring_spans
-from retromem.pretrain.decoder import ShallowDecoder
-from retromem.pretrain.objective import EncoderPass, Objective, register
-from retromem.pretrain.retromae import decoding_loss
+from retromem.data.collators import split_neighbouring_spans
+from retromem.pretrain.objective import EncoderPass, register
+from retromem.pretrain.retromae import DecoderObjective, decoding_loss
 
 
 @register
-class CoTMAE(Objective):
-    """Reconstruct each span from its neighbour's sentence embedding."""
+class CoTMAE(DecoderObjective):
+    """Reconstruct each span from its neighbour's sentence embedding (basic decoding)."""
 
     name = "cotmae"
-    includes_mlm = True
-    has_decoder = True
-    has_bottleneck = True
     uses_pairs = True
-    default_encoder_mask_ratio = 0.30
-
-    def build_heads(self, config) -> nn.Module:
-        return ShallowDecoder(config, self.options.decoder_layers)
 
     def arrange(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return split_neighbouring_spans(tokens, lengths)
-
-    def collate(
-        self,
-        batch: dict[str, torch.Tensor],
-        original_ids: torch.Tensor,
-        masker: TokenMasker,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        batch["decoder_input_ids"], batch["decoder_labels"] = masker.mask(
-            original_ids, batch["attention_mask"], self.plan.decoder_masking(), generator
-        )
-
-    def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:
-        return {self.name: (self.bottleneck_loss(encoded.sentence_embedding, encoded, head), self.weight)}
 
     def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
         return decoding_loss(neighbour(embedding), encoded, head)

@@ -39,18 +39,16 @@ writes the examples, and the trainer trains data-parallel (in-batch negatives ga
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,31 +66,35 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 from sentence_transformers.util import cos_sim, dot_score
 from transformers import set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 
 from retromem.data.beir import corpus_file, load_beir
 from retromem.data.passage import Passage
 from retromem.errors import DataError, MismatchError, RetromemError
 from retromem.eval.beir_pipeline import work_directory
 from retromem.index.embeddings import encode_corpus
-from retromem.index.encoder import (
-    Encoder,
-    EncoderConfig,
-    cpu_supports_bf16,
-    read_sentence_transformers_config,
-)
+from retromem.index.encoder import Encoder, EncoderConfig, read_sentence_transformers_config
 from retromem.index.faiss_index import DenseIndex, IndexConfig, build_index
 from retromem.io import atomic_path, count_lines, iter_jsonl, read_json, write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL, model_fingerprint, resolve_model_path
+from retromem.pretrain.trainer_utils import (
+    PRECISIONS,
+    atomic_folder,
+    check_resume,
+    checkpoint_step,
+    checkpoint_to_resume,
+    has_accelerator,
+    log_through_logging,
+    options_from_dict,
+    reporters,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("mnrl", "cached-mnrl")
 POOLINGS = ("auto", "cls", "mean")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NEGATIVE_SOURCES = ("dense",)  # "bm25" joins once retromem has a BM25 searcher
 SAMPLINGS = ("top", "random")
-REPORTERS = ("none", "tensorboard", "wandb")
 RUN_FILE = "retromem_finetune_run.json"
 EXAMPLES_FILE = "train_examples.jsonl"
 FINAL_DIR = "final"
@@ -185,9 +187,7 @@ class FinetuneConfig:
             if getattr(self, name) not in allowed:
                 hint = " (BM25 negatives come once retromem has a BM25 searcher)" if name == "negatives_source" else ""
                 raise RetromemError(f"unknown {name} {getattr(self, name)!r}: use one of {', '.join(allowed)}{hint}")
-        unknown = [r for r in _reporters(self.report_to) if r not in REPORTERS]
-        if unknown:
-            raise RetromemError(f"unknown report_to {unknown}: use one of {', '.join(REPORTERS)}")
+        reporters(self.report_to)  # raises on an unknown name
         for name in ("batch_size", "mini_batch_size", "mine_top_k", "encode_batch_size", "save_steps",
                      "logging_steps"):
             if getattr(self, name) < 1:
@@ -207,16 +207,11 @@ class FinetuneConfig:
             raise RetromemError("learning_rate and scale must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise RetromemError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
-            raise RetromemError(f"resume must be 'auto', 'never' or a checkpoint folder; {self.resume} is none")
+        check_resume(self.resume)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RetromemError(f"unknown fine-tuning option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return options_from_dict(cls, values, "fine-tuning")
 
     def mining(self) -> MiningConfig:
         return MiningConfig(negatives=self.hard_negatives, top_k=self.mine_top_k, skip=self.mine_skip,
@@ -291,21 +286,22 @@ def finetune(config: FinetuneConfig) -> Path:
         seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not _has_accelerator(),
+        use_cpu=not has_accelerator(),
         batch_sampler=BatchSamplers.NO_DUPLICATES if config.no_duplicates else BatchSamplers.BATCH_SAMPLER,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_strategy="steps",
         logging_steps=config.logging_steps,
-        report_to=[r for r in _reporters(config.report_to) if r != "none"] or "none",
+        report_to=[r for r in reporters(config.report_to) if r != "none"] or "none",
         disable_tqdm=not config.show_progress,
         eval_strategy="no",
         dataloader_num_workers=0,
     )
     is_main = args.process_index == 0
     data_key = _data_key(config, settings)
-    checkpoint = _checkpoint_to_resume(config, output_dir, data_key, is_main)
+    checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, is_main,
+                                      functools.partial(_refuse_changed_run, config, data_key))
     if is_main:
         write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "data_key": data_key,
                                                   "precision_resolved": precision, "model_settings": settings})
@@ -322,16 +318,13 @@ def finetune(config: FinetuneConfig) -> Path:
              f"resuming from {checkpoint}" if checkpoint else "from step 0")
 
     trainer = _Trainer(model=model, args=args, train_dataset=train_data, loss=loss)
-    trainer.remove_callback(PrinterCallback)  # print()s the logs when the progress bar is off
-    if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_QuietProgressCallback())  # the same bar, without printing the logs to stdout
-    trainer.add_callback(_LogCallback())
+    log_through_logging(trainer, log)
     if checkpoint is not None and _run_complete(checkpoint, config):
         # the run ended at this checkpoint and crashed before final/ was written; resuming would train
         # one more step (transformers steps once before it checks max_steps)
         log.info("%s is the end of the run: saving it as %s", checkpoint, final)
         model.load_state_dict(SentenceTransformer(str(checkpoint), device="cpu").state_dict())
-        global_step, metrics, train_loss = _checkpoint_step(checkpoint), {}, None
+        global_step, metrics, train_loss = checkpoint_step(checkpoint), {}, None
     else:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         global_step, metrics, train_loss = trainer.state.global_step, result.metrics, result.training_loss
@@ -349,21 +342,6 @@ def finetune(config: FinetuneConfig) -> Path:
         save_final(trainer.model, final, settings, info)
     trainer.accelerator.wait_for_everyone()
     return final
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> bf16/fp16 on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
-    if precision not in PRECISIONS:
-        raise RetromemError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    on_cpu = not _has_accelerator()
-    if precision == "auto":
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if on_cpu and cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and on_cpu:
-        raise RetromemError("fp16 mixed precision needs a GPU: use --precision bf16 (CPUs with AVX512-BF16/AMX) "
-                            "or fp32")
-    return precision
 
 
 def build_model(config: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
@@ -673,29 +651,12 @@ def pick_negatives(candidates: Candidates, positive: str, config: MiningConfig, 
 
 def save_final(model, final: Path, settings: dict[str, Any], info: dict[str, Any]) -> Path:
     """Save the ``SentenceTransformer`` to ``final`` atomically (sibling temp folder, then renames)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_folder(final) as staging:
         model.prompts = {"query": settings["query_prefix"], "document": settings["passage_prefix"]}
         model.save(str(staging))
         write_json_atomic(staging / FINAL_INFO, info)
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("saved the fine-tuned model to %s", final)
     return final
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest *complete* ``checkpoint-<step>`` (trainer_state.json, written last, reads) in ``output_dir``."""
-    complete = [c for c in _checkpoints(Path(output_dir)) if _checkpoint_step(c) is not None]
-    return complete[-1] if complete else None
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -706,21 +667,6 @@ class _Trainer(SentenceTransformerTrainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         Path(output_dir or self.args.output_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
-
-
-class _QuietProgressCallback(ProgressCallback):
-    """The trainer's progress bar, without its ``tqdm.write`` of every log to stdout."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        pass
-
-
-class _LogCallback(TrainerCallback):
-    """Training logs (loss, learning rate...) to ``logging``."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            log.info("step %d: %s", state.global_step, {k: v for k, v in logs.items() if k != "total_flos"})
 
 
 def _example(query: str, positive: str, negatives: list[str]) -> dict[str, str]:
@@ -763,37 +709,14 @@ def _file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def _checkpoint_to_resume(config: FinetuneConfig, output_dir: Path, data_key: str, is_main: bool) -> Path | None:
-    existing = _checkpoints(output_dir)
-    if config.resume == "never":
-        if existing:
-            raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...): resume them with "
-                                "--resume auto, or choose another --output-dir")
-        return None
-    if config.resume != "auto":
-        checkpoint = Path(config.resume)
-        if _checkpoint_step(checkpoint) is None:
-            raise RetromemError(f"{checkpoint} is not a complete checkpoint (no readable trainer_state.json)")
-    else:
-        checkpoint = find_resume_checkpoint(output_dir)
-        if checkpoint is None:
-            return None
-    if (output_dir / RUN_FILE).exists():
-        previous = read_json(output_dir / RUN_FILE)
-        changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != getattr(config, k)]
-        if previous.get("data_key") != data_key:
-            changed.append("training data / mining settings")
-        if changed:
-            raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it; "
-                                "use the same options, or another --output-dir to start afresh")
-    if is_main:
-        step = _checkpoint_step(checkpoint)
-        for stale in existing:  # incomplete or newer checkpoints of a crashed run would confuse rotation
-            stale_step = _checkpoint_step(stale)
-            if stale != checkpoint and (stale_step is None or stale_step > step):
-                log.warning("removing checkpoint %s left by an interrupted run", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-    return checkpoint
+def _refuse_changed_run(config: FinetuneConfig, data_key: str, checkpoint: Path, previous: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that trained otherwise or on other data."""
+    changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != getattr(config, k)]
+    if previous.get("data_key") != data_key:
+        changed.append("training data / mining settings")
+    if changed:
+        raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it; "
+                            "use the same options, or another --output-dir to start afresh")
 
 
 def _finished_before(final: Path, config: FinetuneConfig) -> bool:
@@ -816,25 +739,6 @@ def _run_complete(checkpoint: Path, config: FinetuneConfig) -> bool:
             and state.get("num_train_epochs") == math.ceil(config.epochs))
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for path in output_dir.iterdir():
-        prefix, _, number = path.name.partition("-")
-        if prefix == "checkpoint" and number.isdigit() and path.is_dir():
-            found.append((int(number), path))
-    return [path for _, path in sorted(found)]
-
-
-def _checkpoint_step(checkpoint: Path) -> int | None:
-    try:
-        step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return step if isinstance(step, int) else None
-
-
 def _default_max_length(transformer) -> int:
     """The model's own limit: the tokenizer's (or sentence-transformers') length, within the position embeddings."""
     positions = getattr(transformer.auto_model.config, "max_position_embeddings", None) or 512
@@ -842,12 +746,3 @@ def _default_max_length(transformer) -> int:
     if not limit or limit > 100_000:  # tokenizers without a limit report a huge number
         limit = 512
     return int(min(limit, positions))
-
-
-def _reporters(report_to: str | Sequence[str]) -> list[str]:
-    items = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    return [item.strip() for item in items if item.strip()]
-
-
-def _has_accelerator() -> bool:
-    return torch.cuda.is_available() or bool(getattr(torch, "xpu", None) is not None and torch.xpu.is_available())

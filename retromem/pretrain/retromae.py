@@ -27,11 +27,12 @@ from retromem.pretrain.mlm import masked_lm_loss
 from retromem.pretrain.objective import EncoderPass, Objective, register
 
 
-@register
-class RetroMAE(Objective):
-    """Decoder reconstruction from the sentence embedding (+ the encoder MLM, a separate component)."""
+class DecoderObjective(Objective):
+    """What the decoder objectives (RetroMAE, DupMAE, CoT-MAE) share: the encoder MLM at 30%, a shallow
+    decoder as their head, and one loss, the decoder's reconstruction from the sentence embedding
+    (:meth:`bottleneck_loss`). With basic decoding the batches also carry the decoder's own masked
+    copy of the input (``decoder_input_ids``, ``decoder_labels``)."""
 
-    name = "retromae"
     includes_mlm = True
     has_decoder = True
     has_bottleneck = True
@@ -40,6 +41,10 @@ class RetroMAE(Objective):
     def build_heads(self, config) -> nn.Module:
         return ShallowDecoder(config, self.options.decoder_layers)
 
+    def basic_decoding(self) -> bool:
+        """Whether the decoder reads the input masked again at ``decoder_mask_ratio`` (:func:`decoding_loss`)."""
+        return True
+
     def collate(
         self,
         batch: dict[str, torch.Tensor],
@@ -47,13 +52,23 @@ class RetroMAE(Objective):
         masker: TokenMasker,
         generator: torch.Generator | None = None,
     ) -> None:
-        if not self.options.enhanced_decoding:
+        if self.basic_decoding():
             batch["decoder_input_ids"], batch["decoder_labels"] = masker.mask(
                 original_ids, batch["attention_mask"], self.plan.decoder_masking(), generator
             )
 
     def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:
         return {self.name: (self.bottleneck_loss(encoded.sentence_embedding, encoded, head), self.weight)}
+
+
+@register
+class RetroMAE(DecoderObjective):
+    """Decoder reconstruction from the sentence embedding (+ the encoder MLM, a separate component)."""
+
+    name = "retromae"
+
+    def basic_decoding(self) -> bool:
+        return not self.options.enhanced_decoding
 
     def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
         if self.options.enhanced_decoding:

@@ -22,33 +22,39 @@ previous ``final/`` (or none), never a broken one.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer_callback import PrinterCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from retromem.data.pretrain_text import load_pretrain_segments
 from retromem.errors import MismatchError, RetromemError
-from retromem.io import read_json, write_json_atomic
+from retromem.io import write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL, resolve_model_path
 from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
 from retromem.pretrain.model import PretrainModel
+from retromem.pretrain.trainer_utils import (
+    PRECISIONS,
+    atomic_folder,
+    check_resume,
+    checkpoint_to_resume,
+    has_accelerator,
+    log_through_logging,
+    options_from_dict,
+    reporters,
+    resolve_precision,
+)
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-REPORTERS = ("none", "tensorboard", "wandb")
 RUN_FILE = "retromem_pretrain_run.json"
 #: Shortest document piece kept as a training example unless min_segment_length says otherwise.
 DEFAULT_MIN_SEGMENT = 16
@@ -129,9 +135,7 @@ class PretrainConfig:
             raise RetromemError("no pretraining data: give at least one --data source (text, JSONL, BEIR, datasets)")
         if self.precision not in PRECISIONS:
             raise RetromemError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        unknown = [r for r in _reporters(self.report_to) if r not in REPORTERS]
-        if unknown:
-            raise RetromemError(f"unknown report_to {unknown}: use one of {', '.join(REPORTERS)}")
+        reporters(self.report_to)  # raises on an unknown name
         for name in ("max_length", "per_device_batch_size", "gradient_accumulation_steps", "save_steps",
                      "logging_steps", "min_segment_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -142,16 +146,11 @@ class PretrainConfig:
             raise RetromemError("streaming text has no known length: give max_steps")
         if self.warmup < 0 or self.learning_rate <= 0:
             raise RetromemError("warmup must be >= 0 and learning_rate > 0")
-        if self.resume not in ("auto", "never") and not Path(self.resume).is_dir():
-            raise RetromemError(f"resume must be 'auto', 'never' or a checkpoint folder; {self.resume} is none")
+        check_resume(self.resume)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RetromemError(f"unknown pretraining option(s): {', '.join(unknown)}")
-        return cls(**values)
+        return options_from_dict(cls, values, "pretraining")
 
 
 def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Path:
@@ -166,7 +165,8 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     output_dir = Path(config.output_dir)
     precision = resolve_precision(config.precision)
     args = _training_arguments(config, output_dir, precision)  # also sets up torch.distributed under a launcher
-    checkpoint = _checkpoint_to_resume(config, output_dir, is_main=args.process_index == 0)
+    checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, args.process_index == 0,
+                                      functools.partial(_refuse_changed_run, config))
     if args.process_index == 0:
         write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "precision_resolved": precision})
 
@@ -196,7 +196,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
                               data_collator=model.collator(config.max_length),
                               callbacks=[ProgressFractionCallback(model), *_report_callbacks(config, output_dir),
                                          *callbacks])
-    trainer.remove_callback(PrinterCallback)  # it print()s logs when the progress bar is off
+    log_through_logging(trainer, log)
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     final = output_dir / FINAL_DIR
@@ -212,56 +212,11 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     return final
 
 
-def resolve_precision(precision: str) -> str:
-    """Turn ``auto`` into what this machine does best: bf16/fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32."""
-    if precision not in PRECISIONS:
-        raise RetromemError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    on_cpu = not _has_accelerator()
-    if precision == "auto":
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if on_cpu and cpu_has_bf16() else "fp32"
-    if precision == "fp16" and on_cpu:
-        raise RetromemError("fp16 mixed precision needs a GPU: use --precision bf16 (CPUs with AVX512-BF16/AMX) "
-                            "or fp32")
-    return precision
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16), where bf16 autocast pays off."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest *complete* ``checkpoint-<step>`` in ``output_dir`` (one whose trainer_state.json reads)."""
-    complete = [c for c in _checkpoints(Path(output_dir)) if _checkpoint_step(c) is not None]
-    return complete[-1] if complete else None
-
-
 def save_final(model: Any, final: Path, run_info: dict[str, Any]) -> Path:
     """Save ``model`` to ``final`` atomically: write a sibling temp folder, then swap it in by renames."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_folder(final) as staging:
         model.save_pretrained(str(staging))
         write_json_atomic(staging / "training_run.json", run_info)
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(staging, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("saved the pretrained model to %s", final)
     return final
 
@@ -346,7 +301,7 @@ def _build_model(config: PretrainConfig) -> PretrainModel:
 
 
 def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str) -> TrainingArguments:
-    reporters = [r for r in _reporters(config.report_to) if r not in ("none", "tensorboard")]
+    report_to = [r for r in reporters(config.report_to) if r not in ("none", "tensorboard")]
     return TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.per_device_batch_size,
@@ -361,92 +316,34 @@ def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str
         seed=config.seed,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not _has_accelerator(),
+        use_cpu=not has_accelerator(),
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         logging_strategy="steps",
         logging_steps=config.logging_steps,
-        report_to=reporters or "none",
+        report_to=report_to or "none",
         dataloader_num_workers=config.dataloader_workers,
         remove_unused_columns=False,
         disable_tqdm=not config.show_progress,
     )
 
 
-def _checkpoint_to_resume(config: PretrainConfig, output_dir: Path, is_main: bool) -> Path | None:
-    """Pick the checkpoint to resume from (or None); refuse a mismatched earlier run."""
-    existing = _checkpoints(output_dir)
-    if config.resume == "never":
-        if existing:
-            raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...): resume them with "
-                                "--resume auto, or choose another --output-dir")
-        return None
-    if config.resume != "auto":
-        checkpoint = Path(config.resume)
-        if _checkpoint_step(checkpoint) is None:
-            raise RetromemError(f"{checkpoint} is not a complete checkpoint (no readable trainer_state.json)")
-    else:
-        checkpoint = find_resume_checkpoint(output_dir)
-        if checkpoint is None:
-            return None
-    if (output_dir / RUN_FILE).exists():
-        previous = read_json(output_dir / RUN_FILE)
-        current = json.loads(json.dumps(asdict(config)))  # as it was written: tuples become lists
-        changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != current[k]]
-        if changed:
-            raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
-                                f"({', '.join(f'{k}={previous[k]!r}' for k in changed)}); use the same options, or "
-                                "another --output-dir to start afresh")
-    if is_main:
-        step = _checkpoint_step(checkpoint)
-        for stale in existing:  # incomplete or newer checkpoints left by a crash would confuse rotation
-            stale_step = _checkpoint_step(stale)
-            if stale != checkpoint and (stale_step is None or stale_step > step):
-                log.warning("removing incomplete checkpoint %s left by an interrupted run", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-    return checkpoint
-
-
-def _checkpoints(output_dir: Path) -> list[Path]:
-    if not output_dir.is_dir():
-        return []
-    found = []
-    for path in output_dir.iterdir():
-        prefix, _, number = path.name.partition("-")
-        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and path.is_dir():
-            found.append((int(number), path))
-    return [path for _, path in sorted(found)]
-
-
-def _checkpoint_step(checkpoint: Path) -> int | None:
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-        step = state["global_step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return step if isinstance(step, int) else None
+def _refuse_changed_run(config: PretrainConfig, checkpoint: Path, previous: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that differs in _RESUME_MUST_MATCH."""
+    current = json.loads(json.dumps(asdict(config)))  # as it was written: tuples become lists
+    changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != current[k]]
+    if changed:
+        raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
+                            f"({', '.join(f'{k}={previous[k]!r}' for k in changed)}); use the same options, or "
+                            "another --output-dir to start afresh")
 
 
 def _report_callbacks(config: PretrainConfig, output_dir: Path) -> list[TrainerCallback]:
-    if "tensorboard" not in _reporters(config.report_to):
+    if "tensorboard" not in reporters(config.report_to):
         return []
     from transformers.integrations import TensorBoardCallback
 
     callback = TensorBoardCallback()
     callback.logging_dir = str(output_dir / "tensorboard")  # writer opens on the main process at train begin
     return [callback]
-
-
-def _reporters(report_to: str | Sequence[str]) -> list[str]:
-    items = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    return [item.strip() for item in items if item.strip()]
-
-
-def _has_accelerator() -> bool:
-    if torch.cuda.is_available():
-        return True
-    backends = getattr(torch, "backends", None)
-    if backends is not None and getattr(backends, "mps", None) is not None and backends.mps.is_available():
-        return True
-    return bool(getattr(torch, "xpu", None) is not None and torch.xpu.is_available())

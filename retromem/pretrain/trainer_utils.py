@@ -1,0 +1,211 @@
+"""What the two training drivers share: pretraining (:mod:`retromem.pretrain.train`, on the HF
+``Trainer``) and contrastive fine-tuning (:mod:`retromem.pretrain.finetune`, on sentence-transformers'
+trainer, a ``Trainer`` subclass).
+
+- options: a run's options dataclass from a dict (:func:`options_from_dict`);
+- precision: ``auto`` resolved to what the machine does best (:func:`resolve_precision`);
+- reporters: ``report_to`` parsed and checked (:func:`reporters`);
+- checkpoints: the ``checkpoint-<step>`` folders of a run, which are complete, and the one to resume
+  from as a run's ``resume`` option (:func:`check_resume`) says (:func:`checkpoint_to_resume`);
+- ``final/``: written beside itself and swapped in by renames (:func:`atomic_folder`), so that an
+  interrupted save leaves the previous folder (or none), never a broken one;
+- logs: :func:`log_through_logging` sends a trainer's logs to ``logging`` instead of stdout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from transformers import Trainer
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from retromem.errors import RetromemError
+from retromem.index.encoder import cpu_supports_bf16
+from retromem.io import read_json
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REPORTERS = ("none", "tensorboard", "wandb")
+
+Options = TypeVar("Options")
+
+
+def options_from_dict(cls: type[Options], values: dict[str, Any], what: str) -> Options:
+    """``cls(**values)`` for a run's options dataclass; unknown names raise, naming them (``what``: the run kind)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RetromemError(f"unknown {what} option(s): {', '.join(unknown)}")
+    return cls(**values)
+
+
+def resolve_precision(precision: str) -> str:
+    """Turn ``auto`` into what this machine does best: bf16 (else fp16) on CUDA, bf16 autocast on CPUs with
+    native bf16 (AVX512-BF16/AMX), else fp32. fp16 without an accelerator is refused."""
+    if precision not in PRECISIONS:
+        raise RetromemError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    on_cpu = not has_accelerator()
+    if precision == "auto":
+        if torch.cuda.is_available():
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if on_cpu and cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and on_cpu:
+        raise RetromemError("fp16 mixed precision needs a GPU: use --precision bf16 (CPUs with AVX512-BF16/AMX) "
+                            "or fp32")
+    return precision
+
+
+def has_accelerator() -> bool:
+    """Whether the trainer will run on an accelerator (CUDA, Apple MPS, Intel XPU) rather than the CPU."""
+    if torch.cuda.is_available():
+        return True
+    backends = getattr(torch, "backends", None)
+    if backends is not None and getattr(backends, "mps", None) is not None and backends.mps.is_available():
+        return True
+    return bool(getattr(torch, "xpu", None) is not None and torch.xpu.is_available())
+
+
+def reporters(report_to: str | Sequence[str]) -> list[str]:
+    """The names in ``report_to`` (comma-separated, or a list); a name not in :data:`REPORTERS` raises."""
+    items = report_to.split(",") if isinstance(report_to, str) else list(report_to)
+    names = [item.strip() for item in items if item.strip()]
+    unknown = [name for name in names if name not in REPORTERS]
+    if unknown:
+        raise RetromemError(f"unknown report_to {unknown}: use one of {', '.join(REPORTERS)}")
+    return names
+
+
+def check_resume(resume: str) -> None:
+    """Refuse a ``resume`` option that is not ``auto``, ``never`` or a folder (see :func:`checkpoint_to_resume`)."""
+    if resume not in ("auto", "never") and not Path(resume).is_dir():
+        raise RetromemError(f"resume must be 'auto', 'never' or a checkpoint folder; {resume} is none")
+
+
+def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest *complete* ``checkpoint-<step>`` in ``output_dir``: one whose trainer_state.json (written
+    last) reads."""
+    complete = [c for c in _checkpoints(Path(output_dir)) if checkpoint_step(c) is not None]
+    return complete[-1] if complete else None
+
+
+def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: bool,
+                         refuse_changed: Callable[[Path, dict[str, Any]], None]) -> Path | None:
+    """The checkpoint to continue from as a run's ``resume`` option says, or None to start from step 0.
+
+    ``never``: None, refusing an ``output_dir`` that already holds checkpoints; ``auto``: the newest
+    complete checkpoint in ``output_dir``, if any; else the checkpoint folder ``resume``, which must be
+    complete. When the earlier run left its settings in ``output_dir/run_file``,
+    ``refuse_changed(checkpoint, settings)`` raises if this run cannot continue that one. The main
+    process (``is_main``) then deletes incomplete checkpoints and ones newer than the chosen one (left
+    by a crash, they would confuse the trainer's rotation).
+    """
+    existing = _checkpoints(output_dir)
+    if resume == "never":
+        if existing:
+            raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...): resume them with "
+                                "--resume auto, or choose another --output-dir")
+        return None
+    if resume != "auto":
+        checkpoint = Path(resume)
+        if checkpoint_step(checkpoint) is None:
+            raise RetromemError(f"{checkpoint} is not a complete checkpoint (no readable trainer_state.json)")
+    else:
+        checkpoint = find_resume_checkpoint(output_dir)
+        if checkpoint is None:
+            return None
+    if (output_dir / run_file).exists():
+        refuse_changed(checkpoint, read_json(output_dir / run_file))
+    if is_main:
+        step = checkpoint_step(checkpoint)
+        for stale in existing:
+            stale_step = checkpoint_step(stale)
+            if stale != checkpoint and (stale_step is None or stale_step > step):
+                log.warning("removing checkpoint %s left by an interrupted run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+    return checkpoint
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """The global step in ``checkpoint``'s trainer_state.json, or None when it does not read (incomplete)."""
+    try:
+        step = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``folder``; swap it in by renames only if the block succeeds.
+
+    An exception or a crash leaves the previous ``folder`` (or none) in place, never a half-written one.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield staging
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def log_through_logging(trainer: Trainer, logger: logging.Logger) -> None:
+    """Send ``trainer``'s logs (loss, learning rate...) to ``logger`` instead of printing them to stdout.
+
+    The progress bar stays (on stderr, when the trainer shows one), without its ``tqdm.write`` of every
+    log; the ``print()`` of the logs that replaces the bar when it is off goes.
+    """
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(QuietProgressCallback())
+    trainer.add_callback(LogCallback(logger))
+
+
+class QuietProgressCallback(ProgressCallback):
+    """The trainer's progress bar, without its ``tqdm.write`` of every log to stdout."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class LogCallback(TrainerCallback):
+    """Training logs (loss, learning rate...) to ``logger``, on the main process."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.logger.info("step %d: %s", state.global_step, {k: v for k, v in logs.items() if k != "total_flos"})
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-<step>`` folders in ``output_dir``, oldest first (complete or not)."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in output_dir.iterdir():
+        prefix, _, number = path.name.partition("-")
+        if prefix == PREFIX_CHECKPOINT_DIR and number.isdigit() and path.is_dir():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
