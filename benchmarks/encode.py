@@ -89,7 +89,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---|")
     for name, figures in results["index"].items():
         goal = "" if name == "Flat" else f">= 0.99: {'ok' if figures['recall@10'] >= 0.99 else 'MISSED'}"
-        print(f"| {name} | {figures['build_s']:.3f} | {figures['search_s']:.4f} | {figures['recall@10']:.4f} | {goal} |")
+        print(f"| {name} | {figures['build_s']:.3f} | {figures['search_s']:.4f} | {figures['recall@10']:.4f} "
+              f"| {goal} |")
 
     if args.output:
         with open(args.output, "w") as handle:
