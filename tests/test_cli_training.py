@@ -27,6 +27,7 @@ def test_pretrain_then_evaluate_the_result(tiny_model_dir, tiny_beir, tmp_path, 
     options = json.loads((final / "pretrain_config.json").read_text())
     assert options["options"]["encoder_mask_ratio"] == 0.4
     assert options["options"]["decoder_mask_ratio"] == 0.6
+    assert (final / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # loss curves, as a picture
     AutoModel.from_pretrained(final)
     SentenceTransformer(str(final), device="cpu")
 
@@ -53,6 +54,7 @@ def test_finetune_on_beir_train_qrels(tiny_st_dir, tiny_beir, tmp_path, monkeypa
                  "--max-steps", "2", "--batch-size", "2", "--hard-negatives", "1", "--mine-top-k", "5",
                  "--precision", "fp32", "--save-steps", "100", "--logging-steps", "1"]) == 0
     assert f"-> {out / 'final'}" in capsys.readouterr().out
+    assert (out / "final" / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     examples = [json.loads(line) for line in (out / "train_examples.jsonl").read_text().splitlines()]
     assert len(examples) == 2  # the two train qrels of the tiny set
     st = SentenceTransformer(str(out / "final"), device="cpu")

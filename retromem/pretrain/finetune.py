@@ -85,6 +85,7 @@ from retromem.pretrain.trainer_utils import (
     has_accelerator,
     log_through_logging,
     options_from_dict,
+    plot_training_losses,
     reporters,
     resolve_precision,
 )
@@ -339,7 +340,7 @@ def finetune(config: FinetuneConfig) -> Path:
             "seconds": time.perf_counter() - started, "torch": torch.__version__,
             "python": platform.python_version(),
         }
-        save_final(trainer.model, final, settings, info)
+        save_final(trainer.model, final, settings, info, trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return final
 
@@ -649,12 +650,15 @@ def pick_negatives(candidates: Candidates, positive: str, config: MiningConfig, 
     return list(eligible[:count])
 
 
-def save_final(model, final: Path, settings: dict[str, Any], info: dict[str, Any]) -> Path:
-    """Save the ``SentenceTransformer`` to ``final`` atomically (sibling temp folder, then renames)."""
+def save_final(model, final: Path, settings: dict[str, Any], info: dict[str, Any],
+               log_history: Sequence[dict[str, Any]] = ()) -> Path:
+    """Save the ``SentenceTransformer`` to ``final`` atomically (sibling temp folder, then renames),
+    with ``training_loss.png`` when the trainer's ``log_history`` holds losses."""
     with atomic_folder(final) as staging:
         model.prompts = {"query": settings["query_prefix"], "document": settings["passage_prefix"]}
         model.save(str(staging))
         write_json_atomic(staging / FINAL_INFO, info)
+        plot_training_losses(log_history, staging / "training_loss.png", title="contrastive fine-tuning")
     log.info("saved the fine-tuned model to %s", final)
     return final
 

@@ -49,6 +49,7 @@ from retromem.pretrain.trainer_utils import (
     has_accelerator,
     log_through_logging,
     options_from_dict,
+    plot_training_losses,
     reporters,
     resolve_precision,
 )
@@ -207,16 +208,21 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
             "resumed_from": str(checkpoint) if checkpoint else None, "metrics": result.metrics,
             "segments": getattr(segments, "num_rows", None), "world_size": args.world_size,
             "torch": torch.__version__, "python": platform.python_version(),
-        })
+        }, trainer.state.log_history)
     trainer.accelerator.wait_for_everyone()
     return final
 
 
-def save_final(model: Any, final: Path, run_info: dict[str, Any]) -> Path:
-    """Save ``model`` to ``final`` atomically: write a sibling temp folder, then swap it in by renames."""
+def save_final(model: Any, final: Path, run_info: dict[str, Any],
+               log_history: Sequence[dict[str, Any]] = ()) -> Path:
+    """Save ``model`` to ``final`` atomically: write a sibling temp folder, then swap it in by renames.
+
+    With the trainer's ``log_history``, ``training_loss.png`` plots the loss and its components.
+    """
     with atomic_folder(final) as staging:
         model.save_pretrained(str(staging))
         write_json_atomic(staging / "training_run.json", run_info)
+        plot_training_losses(log_history, staging / "training_loss.png", title=f"pretraining: {model.objective}")
     log.info("saved the pretrained model to %s", final)
     return final
 

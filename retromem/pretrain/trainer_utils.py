@@ -32,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from retromem.errors import RetromemError
 from retromem.index.encoder import cpu_supports_bf16
-from retromem.io import read_json
+from retromem.io import atomic_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,41 @@ class LogCallback(TrainerCallback):
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+def plot_training_losses(log_history: Sequence[dict[str, Any]], path: Path, title: str = "training") -> Path | None:
+    """Save a PNG of every logged loss (``loss`` and its ``loss_*`` components) against the step.
+
+    Returns ``None`` (and draws nothing) when fewer than two loss logs were recorded. Uses matplotlib's
+    Agg canvas directly, so no pyplot state or display is touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if (key == "loss" or key.startswith("loss_")) and isinstance(value, (int, float)) and "step" in entry:
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(int(entry["step"]))
+                values.append(float(value))
+    if not series or max(len(steps) for steps, _ in series.values()) < 2:
+        return None
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for key, (steps, values) in sorted(series.items()):
+        axes.plot(steps, values, label=key, linewidth=2 if key == "loss" else 1)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
 
 def _checkpoints(output_dir: Path) -> list[Path]:
     """The ``checkpoint-<step>`` folders in ``output_dir``, oldest first (complete or not)."""
