@@ -15,9 +15,10 @@ the same budget on the SciFact *train* qrels (``retromem.pretrain.finetune.finet
 mined hard negatives) and scored on the SciFact *test* qrels with ``evaluate_dense_beir`` (nDCG@10,
 Recall@100). To give every arm the same training tuples, hard negatives are mined once, by the
 starting model (``--model``), instead of by each arm's pretrained encoder; the zero-shot score of the
-starting model is reported beside the arms (it reuses the corpus embeddings the mining made). Each
-arm fine-tunes with its own pooling unless ``--finetune-pooling`` says otherwise: mean for MiniLM as
-it was trained, [CLS] for the pretrained encoders, whose bottleneck is [CLS].
+starting model is reported beside the arms (it reuses the corpus embeddings the mining made). Every
+arm fine-tunes with [CLS] pooling by default (the bottleneck these objectives train), so that pooling
+is not a difference between arms; ``--finetune-pooling auto`` gives each arm its own (mean for MiniLM
+as it was trained, [CLS] for the pretrained encoders).
 
 Output (``--output DIR``)::
 
@@ -153,8 +154,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ft.add_argument("--hard-negatives", type=int, default=1)
     ft.add_argument("--mine-top-k", type=int, default=30)
     ft.add_argument("--mine-skip", type=int, default=0)
-    ft.add_argument("--finetune-pooling", default="auto", choices=("auto", "cls", "mean"),
-                    help="auto: each arm's own (MiniLM mean, pretrained encoders [CLS])")
+    ft.add_argument("--finetune-pooling", default="cls", choices=("auto", "cls", "mean"),
+                    help="pooling of every arm; auto: each arm's own (MiniLM mean, pretrained encoders [CLS])")
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--eval-max-length", type=int, default=256, help="tokens per text when encoding for evaluation")
     ev.add_argument("--eval-batch-size", type=int, default=64)
