@@ -222,7 +222,8 @@ def save_final(model: Any, final: Path, run_info: dict[str, Any],
     with atomic_folder(final) as staging:
         model.save_pretrained(str(staging))
         write_json_atomic(staging / "training_run.json", run_info)
-        plot_training_losses(log_history, staging / "training_loss.png", title=f"pretraining: {model.objective}")
+        objective = getattr(model, "objective", None) or run_info.get("config", {}).get("objective", "")
+        plot_training_losses(log_history, staging / "training_loss.png", title=f"pretraining: {objective}")
     log.info("saved the pretrained model to %s", final)
     return final
 
