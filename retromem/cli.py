@@ -302,7 +302,7 @@ def _run_pretrain(args) -> int:
     _show_training_logs()
     start = time.perf_counter()
     final = pretrain(config)
-    if final is not None:
+    if final is not None and _is_main_process():
         print(f"pretrained {args.objective} in {time.perf_counter() - start:.1f}s -> {final}")
     return 0
 
@@ -370,7 +370,7 @@ def _run_finetune(args) -> int:
     _show_training_logs()
     start = time.perf_counter()
     final = finetune(config)
-    if final is not None:
+    if final is not None and _is_main_process():
         print(f"fine-tuned in {time.perf_counter() - start:.1f}s -> {final}")
     return 0
 
@@ -469,6 +469,13 @@ def _parse_k_values(text: str) -> tuple[int, ...]:
     if not values or values[0] < 1:
         raise ValueError(f"--k-values must be positive integers, got {text!r}")
     return values
+
+
+def _is_main_process() -> bool:
+    """Under accelerate launch / torchrun only rank 0 reports."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _show_training_logs() -> None:
