@@ -157,3 +157,13 @@ def isolated_env(tmp_path, monkeypatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("RETROMEM_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """MiniLM's tokenizer (bert-base-uncased vocabulary), loaded once; a test module may override it."""
+    from transformers import AutoTokenizer
+
+    from retromem.model_paths import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))

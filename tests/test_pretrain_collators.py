@@ -8,7 +8,6 @@ import random
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from retromem.data.collators import (
     IGNORE_INDEX,
@@ -20,7 +19,6 @@ from retromem.data.collators import (
     split_neighbouring_spans,
 )
 from retromem.errors import DataError
-from retromem.model_paths import resolve_model_path
 from retromem.pretrain.objective import ObjectivePlan
 
 SENTENCES = [
@@ -32,10 +30,6 @@ SENTENCES = [
     "A quick brown fox jumps over the lazy dog near the riverbank at dawn.",
 ]
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
 
 
 @pytest.fixture(scope="module")

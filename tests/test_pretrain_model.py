@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer, BertConfig
+from transformers import AutoModel, BertConfig
 
 from retromem.errors import MissingDataError, RetromemError
-from retromem.model_paths import resolve_model_path
 from retromem.pretrain.model import CONFIG_FILE, HEADS_FILE, PretrainModel
 from retromem.pretrain.objective import ObjectiveError
 
@@ -21,10 +20,6 @@ TEXTS = [
     "Short text",
 ]
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
 
 
 def tiny_config(tokenizer) -> BertConfig:

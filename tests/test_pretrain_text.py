@@ -7,13 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer
 
 import retromem.data.pretrain_text as pretrain_text
 from retromem.data.beir import data_root
 from retromem.data.pretrain_text import load_pretrain_segments, resolve_source
 from retromem.errors import DataError, MissingDataError
-from retromem.model_paths import resolve_model_path
 
 DOCS = {
     "d1": "The European lobster is a species of clawed lobster from the eastern Atlantic Ocean, "
@@ -23,10 +21,6 @@ DOCS = {
     "d3": "Short text.",
 }
 
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
 
 
 def ids(tokenizer, text):
