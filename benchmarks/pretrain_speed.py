@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from retromem.cpu_memory import keep_freed_memory
 from retromem.data.beir import data_root
 from retromem.data.pretrain_text import load_pretrain_segments
 from retromem.index.encoder import cpu_supports_bf16
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; on a busy shared machine 1 avoids the "
                              "large slow-downs of oversubscribed OpenMP threads)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc's allocator as it is (retromem's training raises its mmap threshold on "
+                             "CPUs, see retromem.cpu_memory; this shows what that saves)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -83,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # as retromem.pretrain.train does on CPUs
+        # as retromem.pretrain.train does on CPUs
+        torch.set_flush_denormal(True)
+        if not args.no_malloc_tuning:
+            keep_freed_memory()
     text = args.text or str(data_root() / "text" / "wikitext-2" / "valid.txt")
     print(f"model {args.model}, batch {args.batch_size} x {args.max_length}, {args.steps} timed steps "
           f"(+{args.warmup} warm-up), device {device}, torch threads {torch.get_num_threads()}, "
@@ -130,7 +137,8 @@ class ArmRunner:
         self.model.train()
         self.collator = self.model.collator(args.max_length)
         self.batches = example_batches(self.model, args, text, args.warmup + args.steps)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5)
+        # the optimizer retromem's trainer uses (transformers' default, adamw_torch_fused)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=True)
         self.times: dict[str, dict[str, list[float]]] = {}
         self.losses: dict[str, dict[str, float]] = {}
         self.rows = 0

@@ -174,3 +174,52 @@ def test_weights_scale_the_total(tokenizer):
     model.set_progress(1.0)
     out = model(**batch)
     assert torch.allclose(out["loss"], 0.5 * out["loss_mlm"])
+
+
+def test_cast_weight_is_shared_until_the_weight_changes():
+    weight = torch.nn.Parameter(torch.randn(50, 16))
+    first = mlm.cast_weight(weight, torch.bfloat16)
+    assert first.dtype == torch.bfloat16 and torch.equal(first, weight.detach().bfloat16())
+    assert mlm.cast_weight(weight, torch.bfloat16) is first  # one cast per step, shared by every loss
+    with torch.no_grad():
+        weight.add_(1.0)  # what an optimizer step does
+    second = mlm.cast_weight(weight, torch.bfloat16)
+    assert second is not first and torch.equal(second, weight.detach().bfloat16())
+    assert mlm.cast_weight(weight, torch.float32).data_ptr() == weight.data_ptr()  # no copy at its own dtype
+
+
+def test_linear_cross_entropy_under_bf16_autocast_matches_float32(monkeypatch):
+    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 7 * 50)
+    torch.manual_seed(0)
+    hidden = torch.randn(30, 16, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(50, 16) * 0.3)
+    bias = torch.nn.Parameter(torch.randn(50))
+    targets = torch.randint(50, (30,))
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight, bias), targets)
+    expected.backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    hidden.grad = weight.grad = bias.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = mlm.linear_cross_entropy(hidden, weight, bias, targets)
+    loss.backward()
+    assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) < 0.05
+    for tensor, grad in zip((hidden, weight, bias), grads):
+        assert tensor.grad.dtype == torch.float32
+        assert torch.allclose(tensor.grad, grad, atol=0.02, rtol=0.05)
+
+
+def test_linear_cross_entropy_refuses_a_second_backward():
+    hidden = torch.randn(4, 8, requires_grad=True)
+    loss = mlm.linear_cross_entropy(hidden, torch.randn(10, 8), None, torch.randint(10, (4,)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        loss.backward()
+
+
+def test_float32_logits_equal_the_head_in_float32(tokenizer):
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "bow", tokenizer=tokenizer)
+    hidden = torch.randn(3, model.encoder.config.hidden_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model.mlm_head.float32_logits(hidden)
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, model.mlm_head(hidden), atol=1e-5)

@@ -31,7 +31,7 @@ class BagOfWords(Objective):
         return {self.name: (loss, self.weight * self.bottleneck_scale())}
 
     def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
-        return bag_of_words_loss(encoded.mlm_head(embedding), encoded.original_ids, encoded.ordinary)
+        return bag_of_words_loss(encoded.mlm_head.float32_logits(embedding), encoded.original_ids, encoded.ordinary)
 
     def bottleneck_scale(self) -> float:
         if self.options.bow_decay == "none":

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from retromem.pretrain.bow import bag_of_words_loss
+from retromem.pretrain.mlm import cast_weight
 from retromem.pretrain.objective import EncoderPass, register
 from retromem.pretrain.retromae import RetroMAE
 
@@ -65,7 +66,7 @@ class _VocabMaxPool(torch.autograd.Function):
         device_type = hidden.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
         h = hidden.to(dtype)
-        w = weight.to(dtype)
+        w = cast_weight(weight, dtype)
         pooled = torch.empty(n, vocab, dtype=dtype, device=hidden.device)
         argmax = torch.empty(n, vocab, dtype=torch.long, device=hidden.device)
         rows = max(1, POOL_CHUNK_ELEMENTS // max(1, t * vocab))

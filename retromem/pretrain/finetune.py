@@ -67,6 +67,7 @@ from sentence_transformers.util import cos_sim, dot_score
 from transformers import set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from retromem.cpu_memory import keep_freed_memory
 from retromem.data.beir import corpus_file, load_beir
 from retromem.data.passage import Passage
 from retromem.errors import DataError, MismatchError, RetromemError
@@ -274,6 +275,8 @@ def finetune(config: FinetuneConfig) -> Path:
         return final
     precision = resolve_precision(config.precision)
     started = time.perf_counter()
+    if not has_accelerator():
+        keep_freed_memory()  # large tensors reuse freed heap memory instead of page-faulting in fresh mmaps
     model, settings = build_model(config)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),

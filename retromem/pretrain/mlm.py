@@ -13,6 +13,8 @@ RetroMAE step (every token is reconstructed), are never materialised.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -59,12 +61,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows, vocab = hidden.shape[0], weight.shape[0]
         device_type = hidden.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-        h, w = hidden.to(dtype), weight.to(dtype)
+        h, w = hidden.to(dtype), cast_weight(weight, dtype)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         need_b = bias is not None and ctx.needs_input_grad[2]
         softmax_dtype = torch.promote_types(dtype, torch.float32)
         grad_h = torch.empty(h.shape, dtype=softmax_dtype, device=h.device) if need_h else None
-        grad_w = torch.zeros(w.shape, dtype=softmax_dtype, device=w.device) if need_w else None
+        grad_w = None
         grad_b = torch.zeros(vocab, dtype=softmax_dtype, device=w.device) if need_b else None
         total = torch.zeros((), dtype=softmax_dtype, device=h.device)
         step = max(1, CE_CHUNK_ELEMENTS // vocab)
@@ -72,36 +74,67 @@ class _LinearCrossEntropy(torch.autograd.Function):
         with torch.autocast(device_type, enabled=False):
             for start in range(0, rows, step):
                 stop = min(start + step, rows)
-                logits = torch.matmul(h[start:stop], w.t()).to(softmax_dtype)
+                chunk = h[start:stop]
+                logits = torch.matmul(chunk, w.t()).to(softmax_dtype)
                 if bias is not None:
                     logits += bias.to(softmax_dtype)
                 index = targets[start:stop, None]
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-                total += (lse - logits.gather(1, index)).sum()
+                picked = logits.gather(1, index)
+                row_max = logits.amax(1, keepdim=True)
+                exps = logits.sub_(row_max).exp_()  # in place: the chunk's only (rows x vocab) buffer
+                sums = exps.sum(1, keepdim=True)
+                total += (row_max + sums.log() - picked).sum()
                 if not (need_h or need_w or need_b):
                     continue
-                probs = logits.sub_(lse).exp_()  # softmax, in place
-                probs.scatter_add_(1, index, torch.full_like(index, -1.0, dtype=probs.dtype))
-                probs *= scale  # d(mean loss)/d logits
+                grad = exps.mul_(scale / sums)  # softmax / rows
+                grad.scatter_add_(1, index, torch.full_like(index, -scale, dtype=grad.dtype))  # d(mean loss)/d logits
                 if need_b:
-                    grad_b += probs.sum(0)
-                g = probs.to(dtype)
+                    grad_b += grad.sum(0)
+                g = grad.to(dtype)
                 if need_h:
                     grad_h[start:stop] = torch.matmul(g, w)
                 if need_w:
-                    grad_w += torch.matmul(g.t(), h[start:stop]).to(softmax_dtype)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
+                    part = torch.matmul(g.t(), chunk)
+                    grad_w = part.to(softmax_dtype) if grad_w is None else grad_w.add_(part)
+        if need_w and grad_w is None:  # no rows
+            grad_w = torch.zeros(w.shape, dtype=softmax_dtype, device=w.device)
+        # kept on ctx, not saved: backward scales these buffers in place, once
+        ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return total * scale
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        h_dtype, w_dtype, b_dtype = ctx.dtypes
-        scale = grad_loss.to(grad_h.dtype if grad_h is not None else torch.float32)
-        return (
-            (grad_h * scale).to(h_dtype) if grad_h is not None else None,
-            (grad_w * scale).to(w_dtype) if grad_w is not None else None,
-            (grad_b * scale).to(b_dtype) if grad_b is not None else None,
-            None,
-        )
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy computes its gradients once: backward through it a second "
+                               "time (retain_graph=True) is not supported")
+        grads, ctx.grads = ctx.grads, None
+        out = []
+        for grad, dtype in zip(grads, ctx.dtypes):
+            out.append(None if grad is None else grad.mul_(grad_loss.to(grad.dtype)).to(dtype))
+        return (*out, None)
+
+
+def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight.to(dtype)``, cast once while ``weight`` is unchanged (detached).
+
+    Every vocabulary loss of a step (encoder MLM, decoder reconstruction, DupMAE's bag of words)
+    projects onto the same (V, H) word-embedding matrix: it is converted to the autocast dtype
+    once per step instead of once per loss. The cache holds one entry per weight tensor and is
+    invalidated by any in-place change of the weight (its version counter), e.g. the optimizer step.
+    """
+    if weight.dtype == dtype:
+        return weight.detach()
+    key = id(weight)
+    entry = _CAST_CACHE.get(key)
+    if entry is not None:
+        ref, version, cached = entry
+        if ref() is weight and version == weight._version and cached.dtype == dtype:
+            return cached
+    cast = weight.detach().to(dtype)
+    _CAST_CACHE[key] = (weakref.ref(weight, lambda _, key=key: _CAST_CACHE.pop(key, None)), weight._version, cast)
+    return cast
+
+
+#: id(weight) -> (weak reference to it, its version when cast, the cast)
+_CAST_CACHE: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}

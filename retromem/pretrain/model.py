@@ -328,6 +328,16 @@ class MLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(self.transform(hidden), self.vocab_weight, self.bias)
 
+    def float32_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits in float32, outside autocast: for a few rows (one per text, as bag-of-words uses).
+
+        Under autocast the (V, H) matrix would be cast to the low precision for the product and its
+        gradient cast back, two passes over the whole matrix (47 MB for MiniLM) that cost more than
+        the float32 product of a few rows.
+        """
+        with torch.autocast(hidden.device.type, enabled=False):
+            return nn.functional.linear(self.transform(hidden.float()), self.vocab_weight, self.bias)
+
     @classmethod
     def from_masked_lm(cls, mlm_model: nn.Module, encoder: nn.Module, tied: bool | None = None) -> MLMHead:
         """Take the head out of an ``AutoModelForMaskedLM`` and tie it to ``encoder``'s word embeddings."""

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from retromem.cpu_memory import keep_freed_memory
 from retromem.data.pretrain_text import load_pretrain_segments
 from retromem.errors import MismatchError, RetromemError
 from retromem.io import write_json_atomic
@@ -175,6 +176,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
         # Tiny gradients and optimizer moments become subnormal floats, which x86 CPUs compute on up to
         # 10x slower; flushing them to zero changes nothing measurable in training.
         torch.set_flush_denormal(True)
+        keep_freed_memory()  # large tensors reuse freed heap memory instead of page-faulting in fresh mmaps
     set_seed(config.seed)
     model = _build_model(config)
     segment_length = model.segment_length(config.max_length)
