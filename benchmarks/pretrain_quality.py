@@ -143,6 +143,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pre.add_argument("--pretrain-batch-size", type=int, default=16)
     pre.add_argument("--pretrain-max-length", type=int, default=128)
     pre.add_argument("--pretrain-lr", type=float, default=1e-4)
+    pre.add_argument("--pretrain-head-lr", type=float, default=None,
+                     help="learning rate of the freshly initialised heads (default: --pretrain-lr)")
     ft = parser.add_argument_group("fine-tuning (every arm)")
     budget = ft.add_mutually_exclusive_group()
     budget.add_argument("--finetune-epochs", type=float, default=1.0)
@@ -241,7 +243,8 @@ def pretrain_arm(objective: str, args: argparse.Namespace, output_dir: Path) -> 
     config = PretrainConfig(
         data=data, output_dir=str(output_dir), model=args.model, objective=objective,
         max_length=args.pretrain_max_length, per_device_batch_size=args.pretrain_batch_size,
-        learning_rate=args.pretrain_lr, max_steps=args.pretrain_steps, seed=args.seed, precision=args.precision,
+        learning_rate=args.pretrain_lr, head_learning_rate=args.pretrain_head_lr,
+        max_steps=args.pretrain_steps, seed=args.seed, precision=args.precision,
         save_steps=max(1, min(200, args.pretrain_steps // 2)), logging_steps=max(1, min(25, args.pretrain_steps)),
         cache_dir=str(Path(args.output) / "cache"),
     )

@@ -274,6 +274,10 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--max-length", type=int, default=128, help="tokens per encoder input (CoT-MAE: per span)")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps (< 1) or steps")
     p.add_argument("--lr-scheduler", default="linear", help="transformers scheduler: linear, cosine, ...")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="learning rate of the heads (decoders, MLM head transform and bias; default: --lr); "
+                        "heads the checkpoint lacks start random, and a higher rate lets them catch up in a short "
+                        "run from a trained encoder")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.set_defaults(func=_run_pretrain)
 
@@ -294,7 +298,8 @@ def _run_pretrain(args) -> int:
         tokenizer=args.tokenizer, text_field=args.text_field, title_field=args.title_field, id_field=args.id_field,
         min_segment_length=args.min_segment_length, streaming=args.streaming, num_proc=args.num_proc,
         cache_dir=args.cache_dir, max_length=args.max_length, per_device_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler=args.lr_scheduler,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, head_learning_rate=args.head_lr,
+        lr_scheduler=args.lr_scheduler,
         warmup=args.warmup, weight_decay=args.weight_decay, max_steps=args.max_steps, epochs=args.epochs,
         seed=args.seed, precision=args.precision, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,

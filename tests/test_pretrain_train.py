@@ -264,12 +264,37 @@ def test_bad_options_are_refused(tiny_model, corpus, tmp_path):
         ({"streaming": True, "max_steps": -1}, "streaming"),
         ({"max_steps": -1, "epochs": 0}, "max_steps"),
         ({"resume": str(tmp_path / "nowhere")}, "resume must be"),
+        ({"head_learning_rate": 0.0}, "head_learning_rate must be > 0"),
     ]
     for overrides, message in bad:
         with pytest.raises(RetromemError, match=message):
             make_config(tiny_model, corpus, tmp_path / "run", **overrides).validate()
     with pytest.raises(RetromemError, match="unknown pretraining option"):
         PretrainConfig.from_dict({"data": [corpus], "learning_rat": 1e-4})
+
+
+class OptimizerProbe(TrainerCallback):
+    """Records, at the first step, every param group's learning rate and its parameters."""
+
+    def __init__(self):
+        self.groups = None
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.groups is None:
+            self.groups = [(group["lr"], {id(p) for p in group["params"]}) for group in optimizer.param_groups]
+            self.heads = {id(p) for p in model.head_parameters()}
+            self.all = {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_heads_train_at_their_own_learning_rate(tiny_model, corpus, tmp_path):
+    probe = OptimizerProbe()
+    pretrain(make_config(tiny_model, corpus, tmp_path / "run", max_steps=2, learning_rate=1e-4,
+                         head_learning_rate=1e-3, lr_scheduler="constant", objective="retromae"), callbacks=[probe])
+    head_ids = set().union(*(ids for lr, ids in probe.groups if lr == pytest.approx(1e-3)))
+    encoder_ids = set().union(*(ids for lr, ids in probe.groups if lr == pytest.approx(1e-4)))
+    assert head_ids == probe.heads and head_ids  # the decoder and the MLM head's transform and bias
+    assert encoder_ids == probe.all - probe.heads  # everything else, the tied word embeddings included
+    assert len(probe.groups) == 4  # decay / no decay, for the encoder and for the heads
 
 
 class ExplodingModel:

@@ -175,6 +175,13 @@ class PretrainModel(nn.Module):
         self._check_max_length(max_length)
         return PretrainCollator(self.plan, self.masker, max_length, pad_to_multiple_of, generator)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The heads' parameters: the objectives' decoders and the MLM head (not the tied word embeddings)."""
+        encoder = {id(p) for p in self.encoder.parameters()}
+        params = [*self.heads.parameters(), *self.mlm_head.parameters()]
+        unique = {id(p): p for p in params if id(p) not in encoder}
+        return list(unique.values())
+
     def set_progress(self, fraction: float) -> None:
         """Where training is, in [0, 1] (global_step / max_steps); drives bow's weight decay."""
         self.plan.set_progress(fraction)

@@ -104,6 +104,10 @@ class PretrainConfig:
     per_device_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
+    #: Learning rate of the heads (objective decoders, the MLM head's transform and bias); None: learning_rate.
+    #: Heads a checkpoint lacks start random: a higher rate lets them catch up in a short run from a trained
+    #: encoder, so that the encoder's gradients come from a decoder that already reads the [CLS] bottleneck.
+    head_learning_rate: float | None = None
     #: transformers scheduler name: linear, cosine, constant_with_warmup, ...
     lr_scheduler: str = "linear"
     #: Below 1: a fraction of the steps; 1 or more: a number of steps.
@@ -148,6 +152,8 @@ class PretrainConfig:
             raise RetromemError("streaming text has no known length: give max_steps")
         if self.warmup < 0 or self.learning_rate <= 0:
             raise RetromemError("warmup must be >= 0 and learning_rate > 0")
+        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
+            raise RetromemError(f"head_learning_rate must be > 0 (or unset), got {self.head_learning_rate}")
         check_resume(self.resume)
 
     @classmethod
@@ -196,6 +202,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
              f"resuming from {checkpoint}" if checkpoint else "from step 0")
 
     trainer = PretrainTrainer(model=model, args=args, train_dataset=train_data,
+                              head_learning_rate=config.head_learning_rate,
                               data_collator=model.collator(config.max_length),
                               callbacks=[ProgressFractionCallback(model), *_report_callbacks(config, output_dir),
                                          *callbacks])
@@ -237,12 +244,35 @@ class PretrainTrainer(Trainer):
     handled by the model) instead of a raw state dict, and no pickled ``training_args.bin``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_learning_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer divides it for accumulation
         self.loss_is_scaled_for_ga = False
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_batches = 0
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """The trainer's optimizer, with the heads' parameters in groups of their own at ``head_learning_rate``."""
+        optimizer = super().create_optimizer(model)
+        if self.head_learning_rate is None or getattr(self, "_heads_grouped", False):
+            return optimizer
+        target = self.accelerator.unwrap_model(self.model if model is None else model)
+        heads = {id(p) for p in target.head_parameters()}
+        head_groups = []
+        for group in optimizer.param_groups:
+            moved = [p for p in group["params"] if id(p) in heads]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in heads]
+                head_groups.append({**{k: v for k, v in group.items() if k != "params"},
+                                    "params": moved, "lr": self.head_learning_rate})
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        for group in head_groups:
+            optimizer.add_param_group(group)
+        self._heads_grouped = True
+        log.info("heads train at learning rate %g (%d tensors), the encoder at %g", self.head_learning_rate,
+                 sum(len(g["params"]) for g in head_groups), self.args.learning_rate)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
