@@ -278,6 +278,9 @@ def _add_pretrain(sub) -> None:
                    help="learning rate of the heads (decoders, MLM head transform and bias; default: --lr); "
                         "heads the checkpoint lacks start random, and a higher rate lets them catch up in a short "
                         "run from a trained encoder")
+    p.add_argument("--head-warmup-steps", type=int, default=0,
+                   help="first steps in which only the heads train (encoder frozen), so that the encoder's first "
+                        "gradients come through trained heads; part of the step budget (default 0)")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.set_defaults(func=_run_pretrain)
 
@@ -299,6 +302,7 @@ def _run_pretrain(args) -> int:
         min_segment_length=args.min_segment_length, streaming=args.streaming, num_proc=args.num_proc,
         cache_dir=args.cache_dir, max_length=args.max_length, per_device_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, head_learning_rate=args.head_lr,
+        head_warmup_steps=args.head_warmup_steps,
         lr_scheduler=args.lr_scheduler,
         warmup=args.warmup, weight_decay=args.weight_decay, max_steps=args.max_steps, epochs=args.epochs,
         seed=args.seed, precision=args.precision, save_steps=args.save_steps, save_total_limit=args.save_total_limit,

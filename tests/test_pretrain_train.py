@@ -265,6 +265,8 @@ def test_bad_options_are_refused(tiny_model, corpus, tmp_path):
         ({"max_steps": -1, "epochs": 0}, "max_steps"),
         ({"resume": str(tmp_path / "nowhere")}, "resume must be"),
         ({"head_learning_rate": 0.0}, "head_learning_rate must be > 0"),
+        ({"head_warmup_steps": -1}, "head_warmup_steps must be >= 0"),
+        ({"head_warmup_steps": 3, "max_steps": 3}, "leaves none of the 3 steps to the encoder"),
     ]
     for overrides, message in bad:
         with pytest.raises(RetromemError, match=message):
@@ -295,6 +297,39 @@ def test_heads_train_at_their_own_learning_rate(tiny_model, corpus, tmp_path):
     assert head_ids == probe.heads and head_ids  # the decoder and the MLM head's transform and bias
     assert encoder_ids == probe.all - probe.heads  # everything else, the tied word embeddings included
     assert len(probe.groups) == 4  # decay / no decay, for the encoder and for the heads
+
+
+class WeightProbe(TrainerCallback):
+    """Copies of one encoder and one head parameter before training and after every step, and the rates."""
+
+    def __init__(self):
+        self.encoder, self.head, self.rates = [], [], []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._record(model)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._record(model)
+        self.rates.append({bool(g.get("heads")): g["lr"] for g in optimizer.param_groups})
+
+    def _record(self, model):
+        heads = {id(p) for p in model.head_parameters()}
+        encoder = [p for p in model.parameters() if p.requires_grad and id(p) not in heads]
+        self.encoder.append(encoder[-1].detach().clone())  # the last encoder layer's output LayerNorm
+        self.head.append(next(iter(model.head_parameters())).detach().clone())
+
+
+def test_head_warmup_freezes_the_encoder_then_starts_its_schedule(tiny_model, corpus, tmp_path):
+    probe = WeightProbe()
+    pretrain(make_config(tiny_model, corpus, tmp_path / "run", max_steps=5, head_warmup_steps=2, warmup=0,
+                         learning_rate=1e-3, objective="retromae"), callbacks=[probe])
+    same = [torch.equal(a, b) for a, b in zip(probe.encoder, probe.encoder[1:])]
+    assert same == [True, True, False, False, False]  # frozen for steps 1-2, trained from step 3
+    assert not any(torch.equal(a, b) for a, b in zip(probe.head, probe.head[1:]))  # heads train from step 1
+    # rates after each step (for the next one): heads decay linearly over the 5 steps; the encoder is at 0,
+    # then decays linearly over the remaining 3 steps
+    assert [r[True] for r in probe.rates] == pytest.approx([0.8e-3, 0.6e-3, 0.4e-3, 0.2e-3, 0.0])
+    assert [r[False] for r in probe.rates] == pytest.approx([0.0, 1e-3, 2e-3 / 3, 1e-3 / 3, 0.0])
 
 
 class ExplodingModel:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, get_scheduler, set_seed
 
 from retromem.cpu_memory import keep_freed_memory
 from retromem.data.pretrain_text import load_pretrain_segments
@@ -108,6 +108,10 @@ class PretrainConfig:
     #: Heads a checkpoint lacks start random: a higher rate lets them catch up in a short run from a trained
     #: encoder, so that the encoder's gradients come from a decoder that already reads the [CLS] bottleneck.
     head_learning_rate: float | None = None
+    #: Steps at the start in which only the heads train (the encoder's learning rate is 0), so that the
+    #: encoder's first gradients come through trained heads, not random ones (LP-FT, Kumar et al. 2022);
+    #: the encoder's own warm-up and schedule then run over the remaining steps. Part of the step budget.
+    head_warmup_steps: int = 0
     #: transformers scheduler name: linear, cosine, constant_with_warmup, ...
     lr_scheduler: str = "linear"
     #: Below 1: a fraction of the steps; 1 or more: a number of steps.
@@ -154,6 +158,11 @@ class PretrainConfig:
             raise RetromemError("warmup must be >= 0 and learning_rate > 0")
         if self.head_learning_rate is not None and self.head_learning_rate <= 0:
             raise RetromemError(f"head_learning_rate must be > 0 (or unset), got {self.head_learning_rate}")
+        if self.head_warmup_steps < 0:
+            raise RetromemError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
+        if self.head_warmup_steps and 0 < self.max_steps <= self.head_warmup_steps:
+            raise RetromemError(f"head_warmup_steps ({self.head_warmup_steps}) leaves none of the {self.max_steps} "
+                                "steps to the encoder: give fewer head warm-up steps or more max_steps")
         check_resume(self.resume)
 
     @classmethod
@@ -203,6 +212,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
 
     trainer = PretrainTrainer(model=model, args=args, train_dataset=train_data,
                               head_learning_rate=config.head_learning_rate,
+                              head_warmup_steps=config.head_warmup_steps,
                               data_collator=model.collator(config.max_length),
                               callbacks=[ProgressFractionCallback(model), *_report_callbacks(config, output_dir),
                                          *callbacks])
@@ -244,35 +254,70 @@ class PretrainTrainer(Trainer):
     handled by the model) instead of a raw state dict, and no pickled ``training_args.bin``.
     """
 
-    def __init__(self, *args: Any, head_learning_rate: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_learning_rate: float | None = None, head_warmup_steps: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+        self.head_warmup_steps = head_warmup_steps
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: Trainer divides it for accumulation
         self.loss_is_scaled_for_ga = False
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_batches = 0
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        """The trainer's optimizer, with the heads' parameters in groups of their own at ``head_learning_rate``."""
+        """The trainer's optimizer, with the heads' parameters in groups of their own (marked ``heads``) at
+        ``head_learning_rate``, when the heads train at their own rate or warm up alone."""
         optimizer = super().create_optimizer(model)
-        if self.head_learning_rate is None or getattr(self, "_heads_grouped", False):
+        separate = self.head_learning_rate is not None or self.head_warmup_steps > 0
+        if not separate or any(g.get("heads") for g in optimizer.param_groups):
             return optimizer
         target = self.accelerator.unwrap_model(self.model if model is None else model)
         heads = {id(p) for p in target.head_parameters()}
+        head_lr = self.head_learning_rate or self.args.learning_rate
         head_groups = []
         for group in optimizer.param_groups:
             moved = [p for p in group["params"] if id(p) in heads]
             if moved:
                 group["params"] = [p for p in group["params"] if id(p) not in heads]
                 head_groups.append({**{k: v for k, v in group.items() if k != "params"},
-                                    "params": moved, "lr": self.head_learning_rate})
+                                    "params": moved, "lr": head_lr, "heads": True})
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         for group in head_groups:
             optimizer.add_param_group(group)
-        self._heads_grouped = True
-        log.info("heads train at learning rate %g (%d tensors), the encoder at %g", self.head_learning_rate,
-                 sum(len(g["params"]) for g in head_groups), self.args.learning_rate)
+        log.info("heads train at learning rate %g (%d tensors)%s, the encoder at %g", head_lr,
+                 sum(len(g["params"]) for g in head_groups),
+                 f", alone for the first {self.head_warmup_steps} steps" if self.head_warmup_steps else "",
+                 self.args.learning_rate)
         return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        """With ``head_warmup_steps``: the heads follow the usual schedule over every step; the encoder's
+        rate is 0 for the head warm-up, then the same kind of schedule (its warm-up included) over the rest."""
+        if not self.head_warmup_steps or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        frozen = self.head_warmup_steps
+        heads = self._schedule(num_training_steps)
+        encoder = self._schedule(num_training_steps - frozen)
+
+        def encoder_after_warmup(step: int) -> float:
+            return 0.0 if step < frozen else encoder(step - frozen)
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, [heads if group.get("heads") else encoder_after_warmup for group in optimizer.param_groups])
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    def _schedule(self, steps: int):
+        """The multiplier function of the configured transformers schedule over ``steps`` steps."""
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        schedule = get_scheduler(self.args.lr_scheduler_type, probe,
+                                 num_warmup_steps=self.args.get_warmup_steps(steps), num_training_steps=steps,
+                                 scheduler_specific_kwargs=self.args.lr_scheduler_kwargs)
+        if not isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            raise RetromemError(f"head warm-up needs a step-wise schedule (linear, cosine, constant_with_warmup, ...),"
+                                f" not {self.args.lr_scheduler_type!r}")
+        return schedule.lr_lambdas[0]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
