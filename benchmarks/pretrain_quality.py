@@ -22,17 +22,26 @@ as it was trained, [CLS] for the pretrained encoders).
 
 Output (``--output DIR``)::
 
-    results.json            every arm's scores, steps, timings, settings; the zero-shot reference
-    results.md              the same as a markdown table (also printed)
-    ndcg10.png              bar plot of nDCG@10 per arm (dashed line: zero-shot)
-    arms/<arm>/pretrain/    pretraining run (checkpoints, final/)
-    arms/<arm>/finetune/    fine-tuning run (train_examples.jsonl, checkpoints, final/)
-    arms/<arm>/eval/        BEIR results of the fine-tuned model
-    arms/<arm>/result.json  the arm's row, written last: an arm that has one is skipped by a rerun
-    work/                   cached corpus embeddings and indexes (mining, evaluation)
+    results.json                    every run's scores, steps, timings, settings; per-arm summary over
+                                    the seeds; the zero-shot reference
+    results.md                      the same as markdown tables (also printed): one row per arm and
+                                    seed, then per arm the mean, standard deviation and the paired
+                                    difference to arm (a) (same seed, same fine-tuning order)
+    ndcg10.png                      bar plot of mean nDCG@10 per arm, standard deviation and seeds
+                                    (dashed line: zero-shot)
+    arms/<arm>/seed-<N>/pretrain/   pretraining run (checkpoints, final/)
+    arms/<arm>/seed-<N>/finetune/   fine-tuning run (train_examples.jsonl, checkpoints, final/)
+    arms/<arm>/seed-<N>/eval/       BEIR results of the fine-tuned model
+    arms/<arm>/seed-<N>/result.json the run's row, written last: a run that has one is skipped by a rerun
+    work/                           cached corpus embeddings and indexes (mining, evaluation)
+    cache/                          the tokenised pretraining corpus (shared by the arms)
 
-Rerunning the same command resumes: finished arms are skipped, a pretraining or fine-tuning run
-continues from its newest checkpoint, finished stages are not redone.
+Rerunning the same command resumes: finished runs are skipped, a pretraining or fine-tuning run
+continues from its newest checkpoint, finished stages are not redone. More arms or seeds can be added
+to a folder later; other settings cannot (``settings.json`` and ``objectives.json`` record them, and
+a rerun with different ones is refused: give a new ``--output``). Arm (a) and the zero-shot score do
+not depend on the pretraining settings, so their folders (``arms/a-finetune/seed-<N>``,
+``arms/zero-shot``) and ``work/`` may be copied into a new output folder to save their time.
 
 Sizing. The defaults take about 45 minutes on an idle 2-core CPU with AVX512-BF16 (bf16 autocast),
 from these times of MiniLM measured on this machine (fastest steps; a busy machine is slower):
@@ -48,13 +57,17 @@ from these times of MiniLM measured on this machine (fastest steps; a busy machi
 
 ``--pretrain-steps 300`` still fits in an hour on an idle machine; on a shared one keep the margin.
 At this size (about 400k pretraining tokens, a quarter of an epoch of the SciFact corpus; one epoch of
-919 training pairs) differences between arms of about 0.01 nDCG@10 are within seed noise: run
-several ``--seed`` values before reading anything into them.
+919 training pairs) differences between arms of about 0.01 nDCG@10 are within seed noise: give
+several seeds (``--seeds 42,43,44``: every arm runs once per seed, and the report gives each arm's
+mean, standard deviation and paired difference to arm (a)) before reading anything into them.
 
 Run it:
 
     .venv/bin/python benchmarks/pretrain_quality.py --output runs/pretrain_quality
     .venv/bin/python benchmarks/pretrain_quality.py --arms a,c --output runs/pq   # two arms only
+    .venv/bin/python benchmarks/pretrain_quality.py --seeds 42,43,44 --output runs/pq3seeds
+    # an ablation: RetroMAE with a lighter encoder MLM loss in place of the paper's (any --objective spec)
+    .venv/bin/python benchmarks/pretrain_quality.py --arms a,c --arm-objective c=retromae+mlm:0.1 --output runs/pq-abl
     # a smoke test of the whole pipeline in a few minutes (numbers meaningless):
     .venv/bin/python benchmarks/pretrain_quality.py --pretrain-steps 2 --finetune-steps 2 \\
         --dataset /path/to/small-beir --output /tmp/pq-smoke
@@ -67,8 +80,7 @@ ten epochs of the SciFact corpus for pretraining and ten of the training pairs f
 
     .venv/bin/python benchmarks/pretrain_quality.py --pretrain-steps 1000 --pretrain-batch-size 64 \
         --pretrain-max-length 256 --finetune-epochs 10 --batch-size 64 --max-length 256 \
-        --finetune-lr 2e-5 --hard-negatives 3 --mine-skip 3 --seed 1 --output runs/pq-gpu-seed1
-    # then --seed 2, 3 ... into other --output folders, and compare the means
+        --finetune-lr 2e-5 --hard-negatives 3 --mine-skip 3 --seeds 1,2,3 --output runs/pq-gpu
 
 On N GPUs, prefix ``accelerate launch --multi_gpu --num_processes N`` and divide the batch sizes
 (which are per GPU) by N to keep the same recipe in less time; ``--loss cached-mnrl`` keeps larger
@@ -115,11 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState()
     out = Path(args.output)
     arms = parse_arms(args.arms)
+    if state.is_main_process:
+        check_settings(args, out)
     rows: dict[str, dict] = {}
     if args.zero_shot:
         rows[ZERO_SHOT] = run_zero_shot(args, out)
-    for key in arms:
-        rows[key] = run_arm(key, args, out)
+    for seed in args.seeds:  # seed by seed, so that a partial run already has whole comparisons
+        for key in arms:
+            rows[f"{key}/{seed}"] = run_arm(key, seed, args, out)
     if state.is_main_process and rows:
         report(rows, args, out)
     state.wait_for_everyone()
@@ -130,12 +145,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arms", default="a,b,c,d,e,f",
                         help="comma-separated arm keys or names: " + ", ".join(f"{k}={v[0]}" for k, v in ARMS.items()))
+    parser.add_argument("--arm-objective", action="append", default=[], metavar="ARM=SPEC",
+                        help="give an arm another objective spec, e.g. 'c=retromae+mlm:0.1' (repeatable; any spec "
+                             "'retromem pretrain --objective' takes)")
     parser.add_argument("--model", default="minilm", help="the starting encoder of every arm")
     parser.add_argument("--dataset", default="scifact", help="BEIR data set (name or folder) with train and test qrels")
     parser.add_argument("--pretrain-data", default=None,
                         help="pretraining text sources (comma-separated; default: the data set's corpus)")
     parser.add_argument("--output", required=True, help="output folder (rerun the same command to resume)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=parse_seeds, default=[42], metavar="N[,N...]",
+                        help="comma-separated seeds (default 42): every arm runs once per seed (its pretraining masks "
+                             "and fine-tuning order), and the report gives each arm's mean and standard deviation "
+                             "and its paired difference to arm (a)")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (pretraining, fine-tuning, "
                         "evaluation); auto = bf16 on GPUs that support it and on CPUs with AVX512-BF16/AMX")
     pre = parser.add_argument_group("pretraining (arms b-f)")
@@ -145,6 +166,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pre.add_argument("--pretrain-lr", type=float, default=1e-4)
     pre.add_argument("--pretrain-head-lr", type=float, default=None,
                      help="learning rate of the freshly initialised heads (default: --pretrain-lr)")
+    pre.add_argument("--pretrain-head-warmup-steps", type=int, default=0,
+                     help="first pretraining steps in which only the heads train (encoder frozen)")
     ft = parser.add_argument_group("fine-tuning (every arm)")
     budget = ft.add_mutually_exclusive_group()
     budget.add_argument("--finetune-epochs", type=float, default=1.0)
@@ -163,7 +186,72 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ev.add_argument("--eval-batch-size", type=int, default=64)
     ev.add_argument("--no-zero-shot", dest="zero_shot", action="store_false",
                     help="skip the zero-shot score of --model")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.objectives = arm_objectives(args.arm_objective)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def arm_objectives(overrides: list[str]) -> dict[str, str | None]:
+    """Each arm's objective spec: the defaults of ARMS, then ``ARM=SPEC`` overrides (checked by the parser)."""
+    from retromem.pretrain.objective import ObjectiveError, ObjectiveOptions, ObjectivePlan
+
+    objectives = {key: objective for key, (_, objective) in ARMS.items()}
+    for item in overrides:
+        key, sep, spec = item.partition("=")
+        key = key.strip()
+        if not sep or not spec.strip():
+            raise ValueError(f"--arm-objective {item!r}: give ARM=SPEC, e.g. c=retromae+mlm:0.1")
+        if key not in ARMS or ARMS[key][1] is None:
+            raise ValueError(f"--arm-objective {item!r}: the arm must be one of the pretrained arms "
+                             + ", ".join(k for k, (_, o) in ARMS.items() if o))
+        try:
+            ObjectivePlan(spec.strip(), ObjectiveOptions())
+        except ObjectiveError as err:
+            raise ValueError(f"--arm-objective {item!r}: {err}") from err
+        objectives[key] = spec.strip()
+    return objectives
+
+
+#: settings that do not change any arm's result (which arms and seeds run, where, and zero-shot or not)
+_RUN_ONLY_SETTINGS = ("arms", "seeds", "output", "zero_shot", "arm_objective", "objectives")
+
+
+def check_settings(args: argparse.Namespace, out: Path) -> None:
+    """Refuse to mix runs of other settings into an output folder: finished runs in it are reused as they are."""
+    from retromem.io import read_json, write_json_atomic
+
+    path = out / "settings.json"
+    settings = {k: v for k, v in vars(args).items() if k not in _RUN_ONLY_SETTINGS}
+    if path.exists():
+        before = read_json(path)
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+            raise SystemExit(f"{path}: this output folder holds runs made with other settings ({detail}); "
+                             "give a new --output (finished runs are reused, so settings cannot change in place)")
+    else:
+        write_json_atomic(path, settings)
+    objectives_path = out / "objectives.json"
+    objectives = read_json(objectives_path) if objectives_path.exists() else {}
+    for key in parse_arms(args.arms):
+        if key in objectives and objectives[key] != args.objectives[key]:
+            raise SystemExit(f"{objectives_path}: arm {key} ran here with objective {objectives[key]!r}, not "
+                             f"{args.objectives[key]!r}; give a new --output")
+        objectives[key] = args.objectives[key]
+    write_json_atomic(objectives_path, objectives)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from err
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"give one or more distinct seeds, got {text!r}")
+    return seeds
 
 
 def parse_arms(spec: str) -> list[str]:
@@ -179,16 +267,16 @@ def parse_arms(spec: str) -> list[str]:
     return keys
 
 
-def run_arm(key: str, args: argparse.Namespace, out: Path) -> dict:
+def run_arm(key: str, seed: int, args: argparse.Namespace, out: Path) -> dict:
     """Pretrain (if the arm has an objective), fine-tune, evaluate; each stage skipped when already done."""
     from retromem.io import read_json, write_json_atomic
     from retromem.pretrain.finetune import FINAL_DIR, finetune
 
-    name, objective = ARMS[key]
-    arm_dir = out / "arms" / f"{key}-{name}"
+    name, objective = ARMS[key][0], args.objectives[key]
+    arm_dir = out / "arms" / f"{key}-{name}" / f"seed-{seed}"
     result_path = arm_dir / "result.json"
     if result_path.exists():
-        logging.info("arm %s (%s): done before, skipped (%s)", key, name, result_path)
+        logging.info("arm %s (%s), seed %d: done before, skipped (%s)", key, name, seed, result_path)
         return read_json(result_path)
     timings_path = arm_dir / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
@@ -198,7 +286,7 @@ def run_arm(key: str, args: argparse.Namespace, out: Path) -> dict:
         final = arm_dir / "pretrain" / FINAL_DIR
         if not _finished(final / "training_run.json", args.pretrain_steps):
             clock = time.perf_counter()
-            final = pretrain_arm(objective, args, arm_dir / "pretrain")
+            final = pretrain_arm(objective, seed, args, arm_dir / "pretrain")
             timings["pretrain_s"] = timings.get("pretrain_s", 0.0) + time.perf_counter() - clock
             write_json_atomic(timings_path, timings)
         pretrain_info = read_json(final / "training_run.json")
@@ -207,7 +295,7 @@ def run_arm(key: str, args: argparse.Namespace, out: Path) -> dict:
     ft_final = arm_dir / "finetune" / FINAL_DIR
     if not (ft_final / "finetune_run.json").exists():
         clock = time.perf_counter()
-        ft_final = finetune(finetune_config(start_model, args, arm_dir / "finetune", out))
+        ft_final = finetune(finetune_config(start_model, seed, args, arm_dir / "finetune", out))
         timings["finetune_s"] = timings.get("finetune_s", 0.0) + time.perf_counter() - clock
         write_json_atomic(timings_path, timings)
     ft_info = read_json(ft_final / "finetune_run.json")
@@ -218,7 +306,7 @@ def run_arm(key: str, args: argparse.Namespace, out: Path) -> dict:
         return {}
     timings["eval_s"] = time.perf_counter() - clock
     row = {
-        "arm": key, "name": name, "objective": objective, "start_model": args.model, "seed": args.seed,
+        "arm": key, "name": name, "objective": objective, "start_model": args.model, "seed": seed,
         "pretrain_steps": pretrain_info["global_step"] if pretrain_info else 0,
         "pretrain_batch_size": args.pretrain_batch_size if objective else None,
         "pretrain_max_length": args.pretrain_max_length if objective else None,
@@ -230,11 +318,11 @@ def run_arm(key: str, args: argparse.Namespace, out: Path) -> dict:
     }
     write_json_atomic(timings_path, timings)
     write_json_atomic(result_path, row)
-    logging.info("arm %s (%s): nDCG@10 %.4f", key, name, row["NDCG@10"])
+    logging.info("arm %s (%s), seed %d: nDCG@10 %.4f", key, name, seed, row["NDCG@10"])
     return row
 
 
-def pretrain_arm(objective: str, args: argparse.Namespace, output_dir: Path) -> Path:
+def pretrain_arm(objective: str, seed: int, args: argparse.Namespace, output_dir: Path) -> Path:
     from retromem.data.beir import resolve_beir_dir
     from retromem.pretrain.train import PretrainConfig, pretrain
 
@@ -244,14 +332,15 @@ def pretrain_arm(objective: str, args: argparse.Namespace, output_dir: Path) -> 
         data=data, output_dir=str(output_dir), model=args.model, objective=objective,
         max_length=args.pretrain_max_length, per_device_batch_size=args.pretrain_batch_size,
         learning_rate=args.pretrain_lr, head_learning_rate=args.pretrain_head_lr,
-        max_steps=args.pretrain_steps, seed=args.seed, precision=args.precision,
+        head_warmup_steps=args.pretrain_head_warmup_steps,
+        max_steps=args.pretrain_steps, seed=seed, precision=args.precision,
         save_steps=max(1, min(200, args.pretrain_steps // 2)), logging_steps=max(1, min(25, args.pretrain_steps)),
         cache_dir=str(Path(args.output) / "cache"),
     )
     return pretrain(config)
 
 
-def finetune_config(start_model: str, args: argparse.Namespace, output_dir: Path, out: Path):
+def finetune_config(start_model: str, seed: int, args: argparse.Namespace, output_dir: Path, out: Path):
     from retromem.pretrain.finetune import FinetuneConfig
 
     return FinetuneConfig(
@@ -260,7 +349,7 @@ def finetune_config(start_model: str, args: argparse.Namespace, output_dir: Path
         hard_negatives=args.hard_negatives, mine_top_k=args.mine_top_k, mine_skip=args.mine_skip,
         mining_model=args.model, mining_workdir=str(out / "work"), encode_batch_size=args.eval_batch_size,
         epochs=args.finetune_epochs, max_steps=args.finetune_steps or -1, batch_size=args.batch_size,
-        learning_rate=args.finetune_lr, precision=args.precision, seed=args.seed,
+        learning_rate=args.finetune_lr, precision=args.precision, seed=seed,
         save_steps=50, logging_steps=5,
     )
 
@@ -313,15 +402,45 @@ def report(rows: dict[str, dict], args: argparse.Namespace, out: Path) -> None:
     """results.json, results.md (printed) and ndcg10.png."""
     from retromem.io import write_json_atomic, write_text_atomic
 
-    table = markdown_table(rows)
-    settings = {k: v for k, v in vars(args).items()}
-    write_json_atomic(out / "results.json", {"arms": rows, "settings": settings, "python": platform.python_version(),
-                                             "cpu_count": os.cpu_count()})
-    write_text_atomic(out / "results.md", f"# pretrain_quality on {args.dataset} (from {args.model})\n\n{table}\n"
+    summary = summarize(rows)
+    tables = markdown_table(rows) + "\n" + summary_table(summary)
+    settings = dict(vars(args))
+    write_json_atomic(out / "results.json", {"arms": rows, "summary": summary, "settings": settings,
+                                             "python": platform.python_version(), "cpu_count": os.cpu_count()})
+    write_text_atomic(out / "results.md", f"# pretrain_quality on {args.dataset} (from {args.model})\n\n{tables}\n"
                                           f"Settings: `{json.dumps(settings, sort_keys=True)}`\n")
-    plot(rows, out / "ndcg10.png")
-    print(table)
+    plot(rows, summary, out / "ndcg10.png")
+    print(tables)
     print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'ndcg10.png'}")
+
+
+def summarize(rows: dict[str, dict]) -> dict[str, dict]:
+    """Per arm over its seeds: mean and sample standard deviation of nDCG@10 and Recall@100, and the paired
+    difference to arm (a) (same seed: same fine-tuning order), whose spread is what a comparison has to beat."""
+    import statistics
+
+    by_arm: dict[str, dict[int, dict]] = {}
+    for label, row in rows.items():
+        if label != ZERO_SHOT and row:
+            by_arm.setdefault(row["arm"], {})[row["seed"]] = row
+    baseline = by_arm.get("a", {})
+    summary = {}
+    for key, runs in by_arm.items():
+        ndcg = [r["NDCG@10"] for r in runs.values()]
+        entry = {
+            "name": runs[next(iter(runs))]["name"], "objective": runs[next(iter(runs))]["objective"],
+            "seeds": sorted(runs), "n": len(ndcg), "ndcg10": ndcg,
+            "ndcg10_mean": statistics.fmean(ndcg), "ndcg10_sd": statistics.stdev(ndcg) if len(ndcg) > 1 else None,
+            "recall100_mean": statistics.fmean(r.get("Recall@100", float("nan")) for r in runs.values()),
+        }
+        paired = [runs[seed]["NDCG@10"] - baseline[seed]["NDCG@10"] for seed in sorted(runs) if seed in baseline]
+        if key != "a" and paired:
+            entry["diff_vs_a"] = paired
+            entry["diff_vs_a_mean"] = statistics.fmean(paired)
+            entry["diff_vs_a_sd"] = statistics.stdev(paired) if len(paired) > 1 else None
+            entry["wins_vs_a"] = sum(d > 0 for d in paired)
+        summary[key] = entry
+    return summary
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
@@ -329,6 +448,8 @@ def markdown_table(rows: dict[str, dict]) -> str:
               "finetune s | eval s | total s | seed |")
     lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows.values():
+        if not row:
+            continue
         cells = [row["arm"], row.get("objective") or "-", row.get("pooling", "-"), row.get("pretrain_steps", 0),
                  row.get("finetune_steps", 0), f"{row['NDCG@10']:.4f}", f"{row.get('Recall@100', float('nan')):.4f}",
                  _seconds(row.get("pretrain_s")), _seconds(row.get("finetune_s")), _seconds(row.get("eval_s")),
@@ -337,7 +458,21 @@ def markdown_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: dict[str, dict], path: Path) -> None:
+def summary_table(summary: dict[str, dict]) -> str:
+    lines = ["| arm | objective | seeds | nDCG@10 mean | sd | minus (a), paired: mean | sd | seeds above (a) | "
+             "Recall@100 mean |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key, e in summary.items():
+        diff = e.get("diff_vs_a_mean")
+        cells = [f"({key}) {e['name']}", e["objective"] or "-", ",".join(map(str, e["seeds"])),
+                 f"{e['ndcg10_mean']:.4f}", _number(e["ndcg10_sd"]), "-" if diff is None else f"{diff:+.4f}",
+                 _number(e.get("diff_vs_a_sd")), f"{e['wins_vs_a']}/{len(e['diff_vs_a'])}" if diff is not None else "-",
+                 f"{e['recall100_mean']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict[str, dict], summary: dict[str, dict], path: Path) -> None:
+    """Bars: each arm's mean nDCG@10, error bars its standard deviation, dots the seeds; dashed: zero-shot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -345,21 +480,31 @@ def plot(rows: dict[str, dict], path: Path) -> None:
 
     from retromem.io import atomic_path
 
-    arms = [r for k, r in rows.items() if k != ZERO_SHOT]
-    fig, ax = plt.subplots(figsize=(1.2 * max(len(arms), 3) + 1.5, 3.6))
-    labels = [f"({r['arm']}) {r['name']}" for r in arms]
-    values = [r["NDCG@10"] for r in arms]
-    bars = ax.bar(labels, values, color=["#888888" if r["objective"] in (None, "mlm") else "#3a6ea5" for r in arms])
-    for bar, value in zip(bars, values):
-        ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom", fontsize=8)
-    if ZERO_SHOT in rows:
-        ax.axhline(rows[ZERO_SHOT]["NDCG@10"], color="black", linestyle="--", linewidth=1,
-                   label=f"{rows[ZERO_SHOT]['name']} {rows[ZERO_SHOT]['NDCG@10']:.3f}")
+    keys = list(summary)
+    fig, ax = plt.subplots(figsize=(1.2 * max(len(keys), 3) + 1.5, 3.6))
+    labels = [f"({k}) {summary[k]['name']}" for k in keys]
+    means = [summary[k]["ndcg10_mean"] for k in keys]
+    errors = [summary[k]["ndcg10_sd"] or 0.0 for k in keys]
+    colors = ["#888888" if summary[k]["objective"] in (None, "mlm") else "#3a6ea5" for k in keys]
+    bars = ax.bar(labels, means, yerr=errors, capsize=3, color=colors)
+    for i, k in enumerate(keys):
+        values = summary[k]["ndcg10"]
+        if len(values) > 1:
+            ax.scatter([i] * len(values), values, color="black", s=8, zorder=3)
+    for bar, value in zip(bars, means):
+        ax.annotate(f"{value:.3f}", (bar.get_x() + bar.get_width() / 2, value), xytext=(0, -4),
+                    textcoords="offset points", ha="center", va="top", fontsize=8, color="white")
+    every = [v for k in keys for v in summary[k]["ndcg10"]]
+    if rows.get(ZERO_SHOT):
+        zero = rows[ZERO_SHOT]
+        ax.axhline(zero["NDCG@10"], color="black", linestyle="--", linewidth=1,
+                   label=f"{zero['name']} {zero['NDCG@10']:.3f}")
         ax.legend(loc="lower right", fontsize=8)
-    every = values + ([rows[ZERO_SHOT]["NDCG@10"]] if ZERO_SHOT in rows else [])
+        every.append(zero["NDCG@10"])
     ax.set_ylim(max(0.0, min(every) - 0.05), min(1.0, max(every) + 0.03))
+    seeds = sorted({s for k in keys for s in summary[k]["seeds"]})
     ax.set_ylabel("nDCG@10 (test)")
-    ax.set_title("pretrain then fine-tune: nDCG@10 per arm", fontsize=10)
+    ax.set_title(f"pretrain then fine-tune: nDCG@10 per arm (seeds {', '.join(map(str, seeds))})", fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -389,6 +534,10 @@ def _finished(run_file: Path, steps: int) -> bool:
 
 def _seconds(value) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 if __name__ == "__main__":
