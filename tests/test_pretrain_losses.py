@@ -94,7 +94,8 @@ def test_vocab_max_pool_matches_dense_values_and_gradients():
 
 
 def test_linear_cross_entropy_matches_torch(monkeypatch):
-    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 7 * 50)  # several chunks, the last one partial
+    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 8 * 50)  # several chunks of 8 rows, the last one partial
+    monkeypatch.setattr(mlm, "ROW_BUCKET", 4)
     torch.manual_seed(0)
     hidden = torch.randn(30, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
@@ -189,7 +190,8 @@ def test_cast_weight_is_shared_until_the_weight_changes():
 
 
 def test_linear_cross_entropy_under_bf16_autocast_matches_float32(monkeypatch):
-    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 7 * 50)
+    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 8 * 50)
+    monkeypatch.setattr(mlm, "ROW_BUCKET", 4)
     torch.manual_seed(0)
     hidden = torch.randn(30, 16, requires_grad=True)
     weight = torch.nn.Parameter(torch.randn(50, 16) * 0.3)
@@ -206,6 +208,45 @@ def test_linear_cross_entropy_under_bf16_autocast_matches_float32(monkeypatch):
     for tensor, grad in zip((hidden, weight, bias), grads):
         assert tensor.grad.dtype == torch.float32
         assert torch.allclose(tensor.grad, grad, atol=0.02, rtol=0.05)
+
+
+def test_linear_cross_entropy_ignores_padding_rows(monkeypatch):
+    monkeypatch.setattr(mlm, "CE_CHUNK_ELEMENTS", 8 * 50)
+    monkeypatch.setattr(mlm, "ROW_BUCKET", 4)
+    torch.manual_seed(0)
+    hidden = torch.randn(28, 16, dtype=torch.float64, requires_grad=True)  # 21 labelled rows, then 7 padding
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(50, (21,))
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden[:21], weight, bias), targets)
+    expected.backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    hidden.grad = weight.grad = bias.grad = None
+    loss = mlm.linear_cross_entropy(hidden, weight, bias, targets)
+    loss.backward()
+    assert torch.allclose(loss, expected)
+    for tensor, grad in zip((hidden, weight, bias), grads):
+        assert torch.allclose(tensor.grad, grad)
+    assert not hidden.grad[21:].any()
+    with pytest.raises(ValueError, match="29 targets for 28 rows"):
+        mlm.linear_cross_entropy(hidden, weight, bias, torch.randint(50, (29,)))
+
+
+def test_masked_lm_loss_pads_its_rows_to_a_few_shapes(tokenizer, monkeypatch):
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "mlm", tokenizer=tokenizer)
+    head = model.mlm_head
+    shapes = []
+    original = mlm._LinearCrossEntropy.apply
+    monkeypatch.setattr(mlm._LinearCrossEntropy, "apply",
+                        staticmethod(lambda h, w, b, t: shapes.append(h.shape[0]) or original(h, w, b, t)))
+    hidden = torch.randn(2, 40, model.encoder.config.hidden_size, requires_grad=True)
+    for count in (1, 31, 32, 33, 70):
+        labels = torch.full((2, 40), -100)
+        labels.view(-1)[torch.randperm(80)[:count]] = torch.randint(head.vocab_weight.shape[0], (count,))
+        selected = labels != -100
+        reference = torch.nn.functional.cross_entropy(head(hidden[selected]), labels[selected])
+        assert torch.allclose(mlm.masked_lm_loss(hidden, labels, head), reference, atol=1e-5)
+    assert shapes == [32, 32, 32, 64, 96]
 
 
 def test_linear_cross_entropy_refuses_a_second_backward():
