@@ -163,9 +163,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pre.add_argument("--pretrain-steps", type=int, default=200)
     pre.add_argument("--pretrain-batch-size", type=int, default=16)
     pre.add_argument("--pretrain-max-length", type=int, default=128)
-    pre.add_argument("--pretrain-lr", type=float, default=1e-4)
-    pre.add_argument("--pretrain-head-lr", type=float, default=None,
-                     help="learning rate of the freshly initialised heads (default: --pretrain-lr)")
+    pre.add_argument("--pretrain-lr", type=float, default=2e-5,
+                     help="the encoder's learning rate (2e-5: low, for a short run from a trained retriever such as "
+                          "MiniLM; the papers use 1e-4 from BERT)")
+    pre.add_argument("--pretrain-head-lr", type=float, default=3e-4,
+                     help="learning rate of the heads, which start random (decoders, MLM head transform)")
     pre.add_argument("--pretrain-head-warmup-steps", type=int, default=0,
                      help="first pretraining steps in which only the heads train (encoder frozen)")
     ft = parser.add_argument_group("fine-tuning (every arm)")
