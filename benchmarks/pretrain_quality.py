@@ -22,8 +22,9 @@ as it was trained, [CLS] for the pretrained encoders).
 
 Output (``--output DIR``)::
 
-    results.json                    every run's scores, steps, timings, settings; per-arm summary over
-                                    the seeds; the zero-shot reference
+    results.json                    every finished run's scores, steps, timings, settings (this run's
+                                    and earlier ones in the folder); per-arm summary over the seeds;
+                                    the zero-shot reference
     results.md                      the same as markdown tables (also printed): one row per arm and
                                     seed, then per arm the mean, standard deviation and the paired
                                     difference to arm (a) (same seed, same fine-tuning order)
@@ -43,23 +44,25 @@ a rerun with different ones is refused: give a new ``--output``). Arm (a) and th
 not depend on the pretraining settings, so their folders (``arms/a-finetune/seed-<N>``,
 ``arms/zero-shot``) and ``work/`` may be copied into a new output folder to save their time.
 
-Sizing. The defaults take about 45 minutes on an idle 2-core CPU with AVX512-BF16 (bf16 autocast),
-from these times of MiniLM measured on this machine (fastest steps; a busy machine is slower):
+Sizing. The defaults (one seed) take about 45 minutes on an idle 2-core AMD EPYC with AVX512-BF16
+and about 30 on a 2-core Intel Xeon with AMX (bf16 autocast), from these times of MiniLM (fastest
+steps; a busy machine is slower):
 
-    pretraining, batch 16 x 128 tokens:  mlm 0.58 s, bow 0.63 s, retromae 1.07 s, dupmae 1.31 s,
-                                         cotmae 1.84 s (two spans)  -> 5.4 s for one step of all five
-    fine-tuning, batch 32 (query + positive + 1 hard negative, 128 tokens): about 3.5 s a step
-    evaluation: the 5,183 SciFact documents at 256 tokens at about 65 documents/s -> 1.5 minutes
+    pretraining, batch 16 x 128 tokens (EPYC / Xeon): mlm 0.58 / 0.53 s, bow 0.63 / 0.58 s,
+        retromae 1.07 / 0.94 s, dupmae 1.31 / 1.12 s, cotmae 1.84 / 1.66 s (two spans)
+    fine-tuning, batch 32 (query + positive + 1 hard negative, 128 tokens): 3.5 / 2.2 s a step
+    evaluation: the 5,183 SciFact documents at 256 tokens: 1.5 / 0.8 minutes
 
-    200 pretraining steps x 5.4 s                        18 min  (+ about 30 s a run to load, save)
-    6 arms x 1 epoch (919 pairs / 32 = 29 steps) x 3.5 s 10 min  (+ about 20 s a run)
-    7 evaluations (6 arms + zero-shot) x 1.5 min         11 min  (mining reuses the zero-shot encoding)
+    on the Xeon, per arm and seed: (a) 2 min, (b) mlm 4, (c) retromae 5, (d) bow 4, (e) cotmae 8,
+    (f) dupmae 6; the zero-shot score 1 (mining reuses its corpus encoding)
 
 ``--pretrain-steps 300`` still fits in an hour on an idle machine; on a shared one keep the margin.
 At this size (about 400k pretraining tokens, a quarter of an epoch of the SciFact corpus; one epoch of
-919 training pairs) differences between arms of about 0.01 nDCG@10 are within seed noise: give
-several seeds (``--seeds 42,43,44``: every arm runs once per seed, and the report gives each arm's
-mean, standard deviation and paired difference to arm (a)) before reading anything into them.
+919 training pairs) the seed alone moves an arm by about 0.01-0.02 nDCG@10 (arm (a): 0.6351 with
+seed 42, 0.6182 with 43): give several seeds (``--seeds 42,43,44``: every arm runs once per seed,
+and the report gives each arm's mean, standard deviation and paired difference to arm (a), the
+same seed giving every arm the same fine-tuning order) before reading anything into a difference.
+``results.md`` covers every finished run in the output folder, so seeds can be added by later runs.
 
 Run it:
 
@@ -136,9 +139,21 @@ def main(argv: list[str] | None = None) -> int:
         for key in arms:
             rows[f"{key}/{seed}"] = run_arm(key, seed, args, out)
     if state.is_main_process and rows:
-        report(rows, args, out)
+        report(with_earlier_runs(rows, out), args, out)
     state.wait_for_everyone()
     return 0
+
+
+def with_earlier_runs(rows: dict[str, dict], out: Path) -> dict[str, dict]:
+    """``rows`` and every other finished run in ``out`` (same settings: check_settings), by arm and seed."""
+    from retromem.io import read_json
+
+    every = dict(rows)
+    for path in sorted(out.glob("arms/*/seed-*/result.json")):
+        row = read_json(path)
+        every.setdefault(f"{row['arm']}/{row['seed']}", row)
+    return dict(sorted(every.items(), key=lambda item: (item[0] != ZERO_SHOT, item[1].get("arm", ""),
+                                                        item[1].get("seed") or 0)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
