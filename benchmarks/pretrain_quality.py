@@ -499,7 +499,7 @@ def plot(rows: dict[str, dict], summary: dict[str, dict], path: Path) -> None:
 
     keys = list(summary)
     fig, ax = plt.subplots(figsize=(1.2 * max(len(keys), 3) + 1.5, 3.6))
-    labels = [f"({k}) {summary[k]['name']}" for k in keys]
+    labels = [f"({k}) {summary[k]['name']}\n{summary[k]['n']} seed{'s' if summary[k]['n'] > 1 else ''}" for k in keys]
     means = [summary[k]["ndcg10_mean"] for k in keys]
     errors = [summary[k]["ndcg10_sd"] or 0.0 for k in keys]
     colors = ["#888888" if summary[k]["objective"] in (None, "mlm") else "#3a6ea5" for k in keys]
