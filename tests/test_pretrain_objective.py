@@ -66,6 +66,8 @@ def test_bottleneck_objectives_include_the_encoder_mlm():
         ("dupmae+cotmae", "at most one decoder objective"),
         ("matryoshka", "needs a bottleneck objective"),
         ("mlm+matryoshka", "needs a bottleneck objective"),
+        ("bow:0+matryoshka", "needs a bottleneck objective"),  # a weight-0 bottleneck trains nothing
+        ("retromae:0+matryoshka", "needs a bottleneck objective"),
     ],
 )
 def test_incompatible_combinations_are_refused(spec, message):
@@ -77,7 +79,17 @@ def test_incompatible_combinations_are_refused(spec, message):
     "spec", ["cotmae+bow", "dupmae+bow", "retromae+bow+matryoshka", "cotmae+matryoshka", "bow+matryoshka"]
 )
 def test_allowed_combinations(spec):
-    ObjectivePlan(spec)
+    plan = ObjectivePlan(spec)
+    assert {o.name for o in plan.objectives} == {"mlm", *spec.split("+")}
+
+
+def test_a_weight_0_part_keeps_its_place_but_neither_trains_nor_sets_defaults():
+    plan = ObjectivePlan("retromae:0+cotmae")  # one decoder trains: cotmae's
+    assert [o.name for o in plan.objectives] == ["mlm", "cotmae"]
+    assert (plan.options.decoder_mask_ratio, plan.options.decoder_layers) == (0.45, 2)
+    assert plan.spec == "mlm:1+retromae:0+cotmae:1"
+    assert ObjectivePlan(plan.spec).spec == plan.spec
+    assert ObjectivePlan("mlm+bow:0").options.encoder_mask_ratio == 0.15  # bow's 30% does not apply
 
 
 def test_defaults_follow_the_papers():

@@ -304,17 +304,17 @@ class ObjectivePlan:
         self.options = replace(options) if options is not None else ObjectiveOptions.from_dict(option_values)
         parts = parse_objective_spec(spec)
         names = [name for name, _ in parts]
-        _check_combination(spec, names)
         weights = {name: (1.0 if weight is None else weight) for name, weight in parts}
         if "mlm" not in weights and any(REGISTRY[n].includes_mlm for n in names):
             weights = {"mlm": 1.0, **weights}
-        self.progress = 0.0
-        self._resolve_defaults(names)
-        self.objectives: list[Objective] = [
-            REGISTRY[name](self.options, weight, self) for name, weight in weights.items() if weight > 0
-        ]
-        if not self.objectives:
+        # what trains must fit together and sets the defaults; a weight-0 part only keeps its place in the spec
+        active = [name for name, weight in weights.items() if weight > 0]
+        if not active:
             raise ObjectiveError(f"every weight of {spec!r} is 0: nothing to train")
+        _check_combination(spec, active)
+        self.progress = 0.0
+        self._resolve_defaults(active)
+        self.objectives: list[Objective] = [REGISTRY[name](self.options, weights[name], self) for name in active]
         # zero weights stay in the canonical spec, so that "retromae+mlm:0" does not regain its implied mlm on reload
         self.spec = "+".join(f"{name}:{_format_weight(weight)}" for name, weight in weights.items())
         self.encoder_masking = MaskingConfig(
