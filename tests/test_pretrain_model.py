@@ -149,6 +149,18 @@ def test_bad_construction_is_refused(tokenizer, tmp_path):
         PretrainModel.from_pretrained(tmp_path / "plain")
 
 
+@pytest.mark.parametrize("positions", [{"position_embedding_type": "relative_key"}, {"position_biased_input": False}])
+def test_enhanced_decoding_needs_absolute_positions(tokenizer, positions):
+    config = tiny_config(tokenizer)
+    for key, value in positions.items():
+        setattr(config, key, value)
+    for spec in ("retromae", "dupmae"):
+        with pytest.raises(ObjectiveError, match="absolute position embeddings"):
+            PretrainModel.from_encoder(config, spec, tokenizer=tokenizer)
+        model = PretrainModel.from_encoder(config, spec, tokenizer=tokenizer, enhanced_decoding=False)
+        assert spec in model.heads
+
+
 @pytest.mark.slow
 def test_from_minilm_initialises_the_missing_mlm_head(tokenizer):
     model = PretrainModel.from_encoder("minilm", "bow")

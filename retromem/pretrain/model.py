@@ -296,7 +296,7 @@ class PretrainModel(nn.Module):
         for name, head in self.heads.items():
             part = _prefixed(state, f"heads.{name}.")
             if not part:
-                logger.info("%s has no saved %s head: it starts fresh", path.parent, name)
+                logger.warning("%s has no saved %s head: it starts fresh", path.parent, name)
                 continue
             try:
                 head.load_state_dict(part, strict=True)
@@ -306,7 +306,7 @@ class PretrainModel(nn.Module):
                     f"(decoder_layers differs?): {err}"
                 ) from err
         for name in sorted(saved_names - set(self.heads)):
-            logger.info("%s: saved %s head not used by objective %s", path.parent, name, self.plan.spec)
+            logger.warning("%s: saved %s head not used by objective %s", path.parent, name, self.plan.spec)
 
 
 class MLMHead(nn.Module):

@@ -24,7 +24,7 @@ from torch import nn
 from retromem.data.collators import IGNORE_INDEX, TokenMasker
 from retromem.pretrain.decoder import ShallowDecoder, padding_mask
 from retromem.pretrain.mlm import masked_lm_loss
-from retromem.pretrain.objective import EncoderPass, Objective, register
+from retromem.pretrain.objective import EncoderPass, Objective, ObjectiveError, register
 
 
 class DecoderObjective(Objective):
@@ -70,10 +70,27 @@ class RetroMAE(DecoderObjective):
     def basic_decoding(self) -> bool:
         return not self.options.enhanced_decoding
 
+    def build_heads(self, config) -> nn.Module:
+        if self.options.enhanced_decoding and not has_absolute_positions(config):
+            raise ObjectiveError(
+                f"{self.name}'s enhanced decoding tells its query rows apart only by absolute position embeddings, "
+                f"which this {getattr(config, 'model_type', 'encoder')} does not add to its input (relative or "
+                "rotary positions): every row would decode the same bag of words. Use basic decoding "
+                "(--basic-decoding / enhanced_decoding=False) or an encoder with absolute positions (BERT, RoBERTa)"
+            )
+        return super().build_heads(config)
+
     def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
         if self.options.enhanced_decoding:
             return enhanced_decoding_loss(embedding, encoded, head, self.options.decoder_mask_ratio)
         return decoding_loss(embedding, encoded, head)
+
+
+def has_absolute_positions(config) -> bool:
+    """Whether the encoder's embedding layer adds absolute position embeddings to its input (BERT-like)."""
+    return (getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and getattr(config, "position_biased_input", True)
+            and bool(getattr(config, "max_position_embeddings", 0)))
 
 
 def enhanced_decoding_loss(
