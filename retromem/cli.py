@@ -242,9 +242,11 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--from-scratch", action="store_true",
                    help="random weights with --model's config (a folder, alias or config.json; then give --tokenizer)")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id, instead of the model's own")
-    p.add_argument("--objective", default="retromae",
+    p.add_argument("--objective", default=None,
                    help="objectives and weights, '+'-joined: mlm, retromae, dupmae, cotmae, bow, matryoshka; e.g. "
-                        "retromae, retromae+bow, mlm:1+bow:0.5, retromae+matryoshka")
+                        "retromae, retromae+bow, mlm:1+bow:0.5, retromae+matryoshka (default: the objective saved "
+                        "in --model when it is a retromem pretraining folder, which continues with its heads and "
+                        "options; else retromae)")
     o = p.add_argument_group("objective options (unset = the objective's default)")
     o.add_argument("--encoder-mask-ratio", type=float,
                    help="share of encoder tokens masked (0.30 with a bottleneck objective, 0.15 for mlm alone)")
@@ -312,7 +314,10 @@ def _run_pretrain(args) -> int:
     start = time.perf_counter()
     final = pretrain(config)
     if final is not None and _is_main_process():
-        print(f"pretrained {args.objective} in {time.perf_counter() - start:.1f}s -> {final}")
+        from retromem.io import read_json
+
+        objective = read_json(final / "training_run.json").get("objective", args.objective)
+        print(f"pretrained {objective} in {time.perf_counter() - start:.1f}s -> {final}")
     return 0
 
 
@@ -346,7 +351,9 @@ def _add_finetune(sub) -> None:
     p.add_argument("--scale", type=float, default=20.0, help="similarity scale (1 / temperature)")
     p.add_argument("--mini-batch-size", type=int, default=32, help="cached-mnrl: texts per forward pass")
     n = p.add_argument_group("hard negatives")
-    n.add_argument("--hard-negatives", type=int, default=1, help="mined negatives per pair (0 = in-batch only)")
+    n.add_argument("--hard-negatives", type=int, default=1,
+                   help="hard negatives per pair: a JSONL record's own first (any beyond this number unused), mined "
+                        "ones fill up (0 = in-batch negatives only)")
     n.add_argument("--negatives-source", choices=("dense",), default="dense",
                    help="where negatives come from: retromem's dense index of the starting encoder (BM25 to come)")
     n.add_argument("--mine-top-k", type=int, default=30, help="candidates searched per query")

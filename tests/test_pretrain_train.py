@@ -7,12 +7,14 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from retromem.errors import MismatchError, RetromemError
 from retromem.index.encoder import cpu_supports_bf16
 from retromem.model_paths import resolve_model_path
 from retromem.pretrain.model import PretrainModel
-from retromem.pretrain.train import PretrainConfig, pretrain, save_final
+from retromem.pretrain.train import PretrainConfig, _one_device_without_launcher, pretrain, save_final
 from retromem.pretrain.trainer_utils import find_resume_checkpoint, resolve_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -354,3 +356,55 @@ def test_final_save_is_atomic(tmp_path):
     save_final(GoodModel(), final, {"global_step": 3})
     assert json.loads((final / "training_run.json").read_text())["global_step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["final"]
+
+
+def test_rerunning_a_finished_run_trains_no_further_step(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    config = make_config(tiny_model, corpus, out, max_steps=2, save_steps=2, objective="retromae")
+    final = pretrain(config)
+    trained = load_file(final / "model.safetensors")
+    for crash_before_final in (False, True):  # run again as is; and after a crash that lost final/
+        if crash_before_final:
+            shutil.rmtree(final)
+        assert pretrain(config) == final
+        run = json.loads((final / "training_run.json").read_text())
+        assert run["global_step"] == 2 and run["resumed_from"] == str(out / "checkpoint-2")
+        assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+        again = load_file(final / "model.safetensors")
+        assert all(torch.equal(trained[k], again[k]) for k in trained)
+    assert (final / "training_loss.png").is_file()  # plotted from the checkpoint's log history
+
+
+def test_continuing_from_final_keeps_its_objective_and_options(tiny_model, corpus, tmp_path):
+    first = pretrain(make_config(tiny_model, corpus, tmp_path / "first", max_steps=1, objective="cotmae",
+                                 objective_options={"decoder_mask_ratio": 0.3}))
+    probe = HeadsProbe()
+    again = pretrain(make_config(tiny_model, corpus, tmp_path / "again", model=str(first), from_scratch=False,
+                                 objective=None, max_steps=1), callbacks=[probe])
+    saved = json.loads((again / "pretrain_config.json").read_text())
+    assert saved["objective"] == "mlm:1+cotmae:1" and saved["options"]["decoder_mask_ratio"] == 0.3
+    assert json.loads((again / "training_run.json").read_text())["objective"] == "mlm:1+cotmae:1"
+    first_heads = load_file(first / "pretrain_heads.safetensors")
+    assert any(k.startswith("heads.cotmae.") for k in first_heads)
+    assert probe.heads.keys() == first_heads.keys()  # the cotmae decoder came along, not a fresh retromae one
+    assert all(torch.equal(probe.heads[k], first_heads[k]) for k in first_heads)
+    # from a plain encoder, no objective means retromae
+    plain = pretrain(make_config(tiny_model, corpus, tmp_path / "plain", objective=None, max_steps=1))
+    assert json.loads((plain / "pretrain_config.json").read_text())["objective"] == "mlm:1+retromae:1"
+
+
+def test_a_minimum_segment_below_what_the_objective_needs_is_refused(tiny_model, corpus, tmp_path):
+    with pytest.raises(RetromemError, match="min_segment_length 3 is below the 4 tokens"):
+        pretrain(make_config(tiny_model, corpus, tmp_path / "run", objective="cotmae", min_segment_length=3))
+    with pytest.raises(RetromemError, match="min_segment_length must be at least 2"):
+        make_config(tiny_model, corpus, tmp_path / "run", min_segment_length=1).validate()
+
+
+def test_several_gpus_without_a_launcher_train_on_one(caplog):
+    args = SimpleNamespace(n_gpu=4, world_size=1, _n_gpu=4)
+    with caplog.at_level(logging.WARNING, logger="retromem.pretrain.train"):
+        _one_device_without_launcher(args)
+    assert args._n_gpu == 1 and "accelerate launch --multi_gpu --num_processes 4" in caplog.text
+    launched = SimpleNamespace(n_gpu=1, world_size=4, _n_gpu=1)
+    _one_device_without_launcher(launched)
+    assert launched._n_gpu == 1

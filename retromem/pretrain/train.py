@@ -34,11 +34,12 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, get_scheduler, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
 from retromem.cpu_memory import keep_freed_memory
 from retromem.data.pretrain_text import load_pretrain_segments
 from retromem.errors import MismatchError, RetromemError
-from retromem.io import write_json_atomic
+from retromem.io import read_json, write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL, resolve_model_path
 from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
 from retromem.pretrain.model import PretrainModel
@@ -53,6 +54,7 @@ from retromem.pretrain.trainer_utils import (
     plot_training_losses,
     reporters,
     resolve_precision,
+    run_complete,
 )
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ RUN_FILE = "retromem_pretrain_run.json"
 #: Shortest document piece kept as a training example unless min_segment_length says otherwise.
 DEFAULT_MIN_SEGMENT = 16
 FINAL_DIR = "final"
+#: The objective of a run from a plain encoder when none is given.
+DEFAULT_OBJECTIVE = "retromae"
 #: Config fields that must agree between a run and the run it resumes (the rest may change, e.g. logging).
 _RESUME_MUST_MATCH = ("model", "objective", "objective_options", "from_scratch", "max_length",
                       "per_device_batch_size", "gradient_accumulation_steps")
@@ -77,7 +81,9 @@ class PretrainConfig:
     #: Encoder to start from: alias (``minilm``), folder or hub id; with ``from_scratch`` only its config is used.
     model: str = DEFAULT_MODEL
     #: Objective spec, e.g. ``retromae``, ``retromae+bow``, ``mlm:1+bow:0.5`` (see retromem.pretrain.objective).
-    objective: str = "retromae"
+    #: None: the objective (and its options) saved in ``model`` when it is a pretraining folder (continuing a
+    #: run with its heads), else ``retromae``.
+    objective: str | None = None
     #: ObjectiveOptions fields, e.g. {"encoder_mask_ratio": 0.3, "enhanced_decoding": False}.
     objective_options: dict[str, Any] = field(default_factory=dict)
     #: Fresh random weights with ``model``'s config (a folder, alias, or a config.json with ``tokenizer``).
@@ -147,7 +153,7 @@ class PretrainConfig:
             raise RetromemError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         reporters(self.report_to)  # raises on an unknown name
         for name in ("max_length", "per_device_batch_size", "gradient_accumulation_steps", "save_steps",
-                     "logging_steps", "min_segment_length"):
+                     "logging_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RetromemError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -158,6 +164,9 @@ class PretrainConfig:
             raise RetromemError("warmup must be >= 0 and learning_rate > 0")
         if self.head_learning_rate is not None and self.head_learning_rate <= 0:
             raise RetromemError(f"head_learning_rate must be > 0 (or unset), got {self.head_learning_rate}")
+        if self.min_segment_length is not None and self.min_segment_length < 2:
+            raise RetromemError(f"min_segment_length must be at least 2 (one token to mask, one to see), "
+                                f"got {self.min_segment_length}")
         if self.head_warmup_steps < 0:
             raise RetromemError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
         if self.head_warmup_steps and 0 < self.max_steps <= self.head_warmup_steps:
@@ -182,6 +191,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     output_dir = Path(config.output_dir)
     precision = resolve_precision(config.precision)
     args = _training_arguments(config, output_dir, precision)  # also sets up torch.distributed under a launcher
+    _one_device_without_launcher(args)
     checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, args.process_index == 0,
                                       functools.partial(_refuse_changed_run, config))
     if args.process_index == 0:
@@ -195,6 +205,10 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     set_seed(config.seed)
     model = _build_model(config)
     segment_length = model.segment_length(config.max_length)
+    if config.min_segment_length is not None and config.min_segment_length < model.min_segment_length:
+        raise RetromemError(f"min_segment_length {config.min_segment_length} is below the {model.min_segment_length} "
+                            f"tokens that {model.objective} needs per example: give at least "
+                            f"{model.min_segment_length} (or leave it unset)")
     min_length = config.min_segment_length or min(segment_length, max(DEFAULT_MIN_SEGMENT, model.min_segment_length))
     with args.main_process_first(local=True, desc="tokenising pretraining text"):
         segments = load_pretrain_segments(
@@ -207,7 +221,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     if config.streaming:
         train_data = train_data.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer)
     log.info("pretraining %s (%s) on %s segments of up to %d tokens, precision %s, %s",
-             config.model, config.objective, getattr(segments, "num_rows", "streamed"), segment_length, precision,
+             config.model, model.objective, getattr(segments, "num_rows", "streamed"), segment_length, precision,
              f"resuming from {checkpoint}" if checkpoint else "from step 0")
 
     trainer = PretrainTrainer(model=model, args=args, train_dataset=train_data,
@@ -217,17 +231,26 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
                               callbacks=[ProgressFractionCallback(model), *_report_callbacks(config, output_dir),
                                          *callbacks])
     log_through_logging(trainer, log)
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
     final = output_dir / FINAL_DIR
+    if checkpoint is not None and run_complete(checkpoint, config.max_steps, config.epochs):
+        # the run ended at this checkpoint (and crashed before final/ was written, or is run again):
+        # resuming would train one more step (transformers steps once before it checks max_steps)
+        log.info("%s is the end of the run: saving it as %s", checkpoint, final)
+        trainer._load_from_checkpoint(str(checkpoint))
+        state = read_json(checkpoint / TRAINER_STATE_NAME)
+        global_step, metrics, log_history = state["global_step"], {}, state.get("log_history", [])
+    else:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        global_step, metrics, log_history = trainer.state.global_step, result.metrics, trainer.state.log_history
+
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         save_final(trainer.accelerator.unwrap_model(trainer.model), final, {
-            "config": asdict(config), "precision": precision, "global_step": trainer.state.global_step,
-            "resumed_from": str(checkpoint) if checkpoint else None, "metrics": result.metrics,
+            "config": asdict(config), "objective": model.objective, "precision": precision,
+            "global_step": global_step, "resumed_from": str(checkpoint) if checkpoint else None, "metrics": metrics,
             "segments": getattr(segments, "num_rows", None), "world_size": args.world_size,
             "torch": torch.__version__, "python": platform.python_version(),
-        }, trainer.state.log_history)
+        }, log_history)
     trainer.accelerator.wait_for_everyone()
     return final
 
@@ -370,23 +393,45 @@ class ProgressFractionCallback(TrainerCallback):
 def _build_model(config: PretrainConfig) -> PretrainModel:
     """The model to train: a PretrainModel folder continues with its heads; an encoder gets fresh heads."""
     options = dict(config.objective_options)
+    objective = config.objective or DEFAULT_OBJECTIVE
     if not config.from_scratch:
         path = resolve_model_path(config.model)
         if (Path(path) / PRETRAIN_CONFIG_FILE).is_file() and not config.tokenizer:
             log.info("continuing pretraining from %s with its heads", path)
             return PretrainModel.from_pretrained(path, objective=config.objective, **options)
-        return PretrainModel.from_encoder(path, objective=config.objective, tokenizer=config.tokenizer, **options)
+        return PretrainModel.from_encoder(path, objective=objective, tokenizer=config.tokenizer, **options)
     source = config.model if config.model.endswith(".json") else resolve_model_path(config.model)
     tokenizer = config.tokenizer or (None if source.endswith(".json") else source)
     if tokenizer is None:
         raise RetromemError(f"training from the config file {source} needs a tokenizer: give --tokenizer")
-    return PretrainModel.from_encoder(AutoConfig.from_pretrained(source), objective=config.objective,
+    return PretrainModel.from_encoder(AutoConfig.from_pretrained(source), objective=objective,
                                       tokenizer=tokenizer, **options)
+
+
+def _one_device_without_launcher(args: TrainingArguments) -> None:
+    """Train on one GPU when several are visible but no launcher started one process per GPU.
+
+    The HF Trainer would wrap the model in ``nn.DataParallel``, whose replicas split a batch by rows:
+    the MLM head's tie to the word embeddings would point at the first GPU's copy from the others, and
+    CoT-MAE's span pairs (rows i and n+i) would land on different GPUs.
+    """
+    if args.n_gpu > 1 and args.world_size == 1:
+        log.warning("%d GPUs are visible but this is one process: training on one GPU; to use them all run "
+                    "`accelerate launch --multi_gpu --num_processes %d -m retromem.cli pretrain ...` (or torchrun)",
+                    args.n_gpu, args.n_gpu)
+        args._n_gpu = 1
 
 
 def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str) -> TrainingArguments:
     report_to = [r for r in reporters(config.report_to) if r not in ("none", "tensorboard")]
+    # Streamed text is an IterableDataset, which accelerate by default reads on the first process only and
+    # dispatches as slices of the concatenated batches of all processes: that needs batches of one width and
+    # row count, which the collator (each batch padded to its longest text, short texts dropped) does not
+    # give, and slicing would split CoT-MAE's span pairs. Each process reads its own share instead
+    # (by shards of the data files when there are enough, else every n-th batch).
+    accelerator_config = {"dispatch_batches": False} if config.streaming else None
     return TrainingArguments(
+        accelerator_config=accelerator_config,
         output_dir=str(output_dir),
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -135,6 +136,15 @@ def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: 
                 log.warning("removing checkpoint %s left by an interrupted run", stale)
                 shutil.rmtree(stale, ignore_errors=True)
     return checkpoint
+
+
+def run_complete(checkpoint: Path, max_steps: int, epochs: float) -> bool:
+    """Whether ``checkpoint`` is the last step of a run of ``max_steps`` steps (when > 0) or ``epochs`` epochs."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    if max_steps > 0:
+        return state["global_step"] >= max_steps
+    return (state["global_step"] >= state.get("max_steps", float("inf"))
+            and state.get("num_train_epochs") == math.ceil(epochs))
 
 
 def checkpoint_step(checkpoint: Path) -> int | None:
