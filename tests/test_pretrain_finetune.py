@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from retromem.data.beir import load_beir
-from retromem.errors import DataError, RetromemError
+from retromem.errors import DataError, MismatchError, RetromemError
 from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.pretrain.finetune import (
     FinetuneConfig,
@@ -211,6 +211,21 @@ def test_jsonl_records_are_read_and_completed_with_mined_negatives(tmp_path, tin
         assert record["positive"] not in negatives and len(set(negatives)) == 2
         if "negatives" in record:
             assert negatives[0] == record["negatives"][0]  # given negatives come first
+
+
+def test_a_jsonl_file_edited_in_place_is_not_taken_for_the_finished_run(tmp_path, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    records = [{"query": f"{w} {t}", "positive": f"the {t} is {w}"} for t, w in zip(TOPICS, WORDS)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = FinetuneConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), jsonl=[str(data)],
+                            hard_negatives=0, max_steps=1, batch_size=4, precision="fp32", show_progress=False,
+                            mining_workdir=str(tmp_path / "work"))
+    final = finetune(config)
+    stamp = (final / "finetune_run.json").stat().st_mtime_ns
+    assert finetune(config) == final and (final / "finetune_run.json").stat().st_mtime_ns == stamp
+    data.write_text("".join(json.dumps({**r, "positive": r["positive"] + " indeed"}) + "\n" for r in records))
+    with pytest.raises(MismatchError, match="training data"):  # not "nothing to do": its checkpoint is refused
+        finetune(config)
 
 
 @pytest.mark.parametrize("line, message", [

@@ -43,7 +43,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import platform
 import random
 import time
@@ -89,6 +88,7 @@ from retromem.pretrain.trainer_utils import (
     plot_training_losses,
     reporters,
     resolve_precision,
+    run_complete,
 )
 
 log = logging.getLogger(__name__)
@@ -323,7 +323,7 @@ def finetune(config: FinetuneConfig) -> Path:
 
     trainer = _Trainer(model=model, args=args, train_dataset=train_data, loss=loss)
     log_through_logging(trainer, log)
-    if checkpoint is not None and _run_complete(checkpoint, config):
+    if checkpoint is not None and run_complete(checkpoint, config.max_steps, config.epochs):
         # the run ended at this checkpoint and crashed before final/ was written; resuming would train
         # one more step (transformers steps once before it checks max_steps)
         log.info("%s is the end of the run: saving it as %s", checkpoint, final)
@@ -336,7 +336,8 @@ def finetune(config: FinetuneConfig) -> Path:
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         info = {
-            "config": asdict(config), "model_settings": settings, "precision": precision,
+            "config": asdict(config), "jsonl_digests": _jsonl_digests(config), "model_settings": settings,
+            "precision": precision,
             "global_step": global_step, "metrics": metrics,
             "train_loss": train_loss, "examples": asdict(report),
             "resumed_from": str(checkpoint) if checkpoint else None, "world_size": args.world_size,
@@ -701,8 +702,13 @@ def _read_examples(path: Path) -> list[dict[str, str]]:
 def _data_key(config: FinetuneConfig, settings: dict[str, Any]) -> str:
     values = {k: getattr(config, k) for k in _DATA_KEYS}
     values.update(settings)
-    values["jsonl"] = [_file_digest(p) for p in config.jsonl]
+    values["jsonl"] = _jsonl_digests(config)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _jsonl_digests(config: FinetuneConfig) -> list[str]:
+    """SHA-256 of each training JSONL file: a file edited in place makes another run."""
+    return [_file_digest(p) for p in config.jsonl]
 
 
 def _file_digest(path: str) -> str:
@@ -734,16 +740,8 @@ def _finished_before(final: Path, config: FinetuneConfig) -> bool:
     ignore = {"show_progress", "logging_steps", "report_to", "resume", "save_steps", "save_total_limit",
               "mining_workdir", "encode_batch_size"}
     current = asdict(config)
-    return all(previous.get(k) == v for k, v in current.items() if k not in ignore)
-
-
-def _run_complete(checkpoint: Path, config: FinetuneConfig) -> bool:
-    """Whether ``checkpoint`` is the last step of the run ``config`` asks for."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    if config.max_steps > 0:
-        return state["global_step"] >= config.max_steps
-    return (state["global_step"] >= state.get("max_steps", float("inf"))
-            and state.get("num_train_epochs") == math.ceil(config.epochs))
+    same_files = read_json(final / FINAL_INFO).get("jsonl_digests", []) == _jsonl_digests(config)
+    return same_files and all(previous.get(k) == v for k, v in current.items() if k not in ignore)
 
 
 def _default_max_length(transformer) -> int:
