@@ -278,10 +278,12 @@ class TokenMasker:
     ) -> torch.Tensor:
         """Choose the positions to mask: about ``ratio`` of each row's maskable tokens, whole words.
 
-        Per row, words are taken in a random order while their token count stays within the budget
-        round(ratio * maskable tokens) (at least one word, so every row has a label): the same
-        rule as transformers' whole-word collator, computed with sorting and cumulative sums over
-        the padded batch instead of Python loops.
+        Per row, words are taken in a random order while their running token count stays within the
+        budget round(ratio * maskable tokens) (at least one word, so every row has a label), computed
+        with sorting and cumulative sums over the padded batch instead of Python loops. Unlike
+        transformers' whole-word collator, which skips a word that would overrun the budget and tries
+        the next ones, the selection stops at that word, so a row may fall short of the budget by up to
+        one word's tokens less one.
         """
         n, width = input_ids.shape
         if whole_word:
