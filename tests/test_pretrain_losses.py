@@ -264,3 +264,34 @@ def test_float32_logits_equal_the_head_in_float32(tokenizer):
         logits = model.mlm_head.float32_logits(hidden)
     assert logits.dtype == torch.float32
     assert torch.allclose(logits, model.mlm_head(hidden), atol=1e-5)
+
+
+def test_enhanced_decoding_streams(tokenizer):
+    """The content stream holds the sentence embedding, then the ORIGINAL (unmasked) tokens; the query
+    stream holds only the sentence embedding and positions, nothing of the tokens."""
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "retromae", tokenizer=tokenizer).eval()
+    batch = model.collator(max_length=32, generator=torch.Generator().manual_seed(0))(
+        [{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES])
+    seen = {}
+
+    def spy(module, args):
+        seen["query"], seen["content"], seen["mask"] = args
+
+    model.heads["retromae"].register_forward_pre_hook(spy)
+    sentences = {}
+    model.encoder.register_forward_hook(lambda m, a, out: sentences.update(cls=out.last_hidden_state[:, 0]))
+    with torch.no_grad():
+        model(**batch)
+    original = torch.where(batch["labels"] >= 0, batch["labels"], batch["input_ids"])
+    assert (original != batch["input_ids"]).any(), "the encoder input is masked"
+    embeddings = model.encoder.embeddings
+    with torch.no_grad():
+        tokens = embeddings(input_ids=original)
+        n, t = original.shape
+        positions = embeddings.position_embeddings.weight[:t] + embeddings.token_type_embeddings.weight[0]
+        expected_query = embeddings.LayerNorm(sentences["cls"][:, None, :] + positions[None])
+    torch.testing.assert_close(seen["content"][:, 1:], tokens[:, 1:])
+    torch.testing.assert_close(seen["content"][:, 0], sentences["cls"])
+    torch.testing.assert_close(seen["query"], expected_query)
+    assert seen["mask"].shape == (n, 1, t, t)
