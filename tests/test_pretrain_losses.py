@@ -132,6 +132,7 @@ def test_bag_of_words_loss_is_cross_entropy_against_token_counts():
         ("retromae", {}, "retromae"),
         ("retromae", {"enhanced_decoding": False}, "retromae"),
         ("dupmae", {}, "dupmae_bow"),
+        ("dupmae", {}, "dupmae"),
         ("cotmae", {}, "cotmae"),
         ("bow", {}, "bow"),
         ("retromae+bow+matryoshka", {"matryoshka_submodels": "1:64,2:16"}, "matryoshka"),
