@@ -25,7 +25,13 @@ from retromem.errors import MismatchError, RetromemError
 from retromem.index.encoder import cpu_supports_bf16
 from retromem.model_paths import resolve_model_path
 from retromem.pretrain.model import PretrainModel
-from retromem.pretrain.train import PretrainConfig, _one_device_without_launcher, pretrain, save_final
+from retromem.pretrain.train import (
+    PretrainConfig,
+    _one_device_without_launcher,
+    _refuse_changed_run,
+    pretrain,
+    save_final,
+)
 from retromem.pretrain.trainer_utils import find_resume_checkpoint, resolve_precision
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -256,6 +262,13 @@ def test_resume_refuses_a_different_run_and_never_refuses_old_checkpoints(tiny_m
         pretrain(make_config(tiny_model, corpus, out, objective="retromae"))
     with pytest.raises(RetromemError, match="already holds checkpoints"):
         pretrain(make_config(tiny_model, corpus, out, resume="never"))
+    # no objective stands for retromae from a plain encoder: a run that named it or left it out is the same run
+    checkpoint = out / "checkpoint-2"
+    for previous, current in ((None, "retromae"), ("retromae", None), (None, None)):
+        _refuse_changed_run(make_config(tiny_model, corpus, out, objective=current), checkpoint,
+                            {"objective": previous, "max_length": 32})
+    with pytest.raises(MismatchError, match="objective"):
+        _refuse_changed_run(make_config(tiny_model, corpus, out, objective="bow"), checkpoint, {"objective": None})
 
 
 def test_bad_options_are_refused(tiny_model, corpus, tmp_path):

@@ -408,6 +408,15 @@ def _build_model(config: PretrainConfig) -> PretrainModel:
                                       tokenizer=tokenizer, **options)
 
 
+def _implied_objective(config: PretrainConfig) -> str:
+    """What ``objective=None`` trains: the objective saved in a pretraining folder given as ``model``, else retromae."""
+    if not config.from_scratch and not config.tokenizer:
+        saved = Path(resolve_model_path(config.model)) / PRETRAIN_CONFIG_FILE
+        if saved.is_file():
+            return read_json(saved)["objective"]
+    return DEFAULT_OBJECTIVE
+
+
 def _one_device_without_launcher(args: TrainingArguments) -> None:
     """Train on one GPU when several are visible but no launcher started one process per GPU.
 
@@ -461,6 +470,11 @@ def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str
 def _refuse_changed_run(config: PretrainConfig, checkpoint: Path, previous: dict[str, Any]) -> None:
     """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that differs in _RESUME_MUST_MATCH."""
     current = json.loads(json.dumps(asdict(config)))  # as it was written: tuples become lists
+    # no objective means the same as naming the one it stands for (the model is the same, or refused)
+    implied = _implied_objective(config)
+    current["objective"] = current["objective"] or implied
+    if "objective" in previous:
+        previous = {**previous, "objective": previous["objective"] or implied}
     changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != current[k]]
     if changed:
         raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
