@@ -733,14 +733,15 @@ def _refuse_changed_run(config: FinetuneConfig, data_key: str, checkpoint: Path,
 
 
 def _finished_before(final: Path, config: FinetuneConfig) -> bool:
-    """Whether ``final`` was written by a run with these settings (bookkeeping options aside)."""
+    """Whether ``final`` was written by a run with these settings (bookkeeping options aside) and files."""
     if not (final / FINAL_INFO).exists():
         return False
-    previous = read_json(final / FINAL_INFO).get("config", {})
+    info = read_json(final / FINAL_INFO)
+    previous = info.get("config", {})
     ignore = {"show_progress", "logging_steps", "report_to", "resume", "save_steps", "save_total_limit",
               "mining_workdir", "encode_batch_size"}
     current = asdict(config)
-    same_files = read_json(final / FINAL_INFO).get("jsonl_digests", []) == _jsonl_digests(config)
+    same_files = info.get("jsonl_digests", []) == _jsonl_digests(config)
     return same_files and all(previous.get(k) == v for k, v in current.items() if k not in ignore)
 
 
