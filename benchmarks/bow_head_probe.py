@@ -29,6 +29,7 @@ import itertools
 import torch
 
 from retromem.data.beir import corpus_file, iter_corpus, resolve_beir_dir
+from retromem.errors import RetromemError
 from retromem.pretrain.bow import bag_of_words_loss
 from retromem.pretrain.model import PretrainModel
 
@@ -36,8 +37,12 @@ from retromem.pretrain.model import PretrainModel
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    model = PretrainModel.from_encoder(args.model, objective="bow")
-    ids, ordinary, features = encode_passages(model, args)
+    try:
+        corpus = corpus_file(resolve_beir_dir(args.dataset))
+        model = PretrainModel.from_encoder(args.model, objective="bow")
+    except RetromemError as err:
+        raise SystemExit(f"error: {err}") from None
+    ids, ordinary, features = encode_passages(model, corpus, args)
     n_train = args.passages - args.held_out
     train, test = slice(0, n_train), slice(n_train, args.passages)
     baseline = unigram_loss(ids, ordinary, train, test, len(model.tokenizer))
@@ -69,9 +74,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def encode_passages(model: PretrainModel, args: argparse.Namespace):
-    """Token ids (N, T), the ordinary-token mask, and the frozen [CLS] and mean-pooled vectors."""
-    corpus = corpus_file(resolve_beir_dir(args.dataset))
+def encode_passages(model: PretrainModel, corpus, args: argparse.Namespace):
+    """Token ids (N, T), the ordinary-token mask, and the frozen [CLS] and mean-pooled vectors of ``corpus``."""
     texts = [p.full_text() for p in itertools.islice(iter_corpus(corpus), args.passages)]
     if len(texts) < args.passages:
         raise SystemExit(f"{corpus} has only {len(texts)} passages: give --passages {len(texts)} or fewer")
