@@ -61,8 +61,10 @@ steps; a busy machine is slower):
 At this size (about 400k pretraining tokens, a quarter of an epoch of the SciFact corpus; three epochs
 of 919 training pairs) the seed alone moves an arm by about 0.01-0.02 nDCG@10 (arm (a): 0.6914,
 0.6828 and 0.6961 with seeds 42, 43 and 44): give several seeds (``--seeds 42,43,44``: every arm runs once per seed,
-and the report gives each arm's mean, standard deviation and paired difference to arm (a), the
-same seed giving every arm the same fine-tuning order) before reading anything into a difference.
+and the report gives each arm's mean, standard deviation and paired differences to arms (a) and (b)
+with their 95% t-intervals, the same seed giving every arm the same masks and fine-tuning order)
+before reading anything into a difference. The report ends with the goal's verdict: which bottlenecked
+arms beat both (a) and (b) on the paired means, and which do so beyond seed noise.
 ``results.md`` covers every finished run in the output folder, so seeds can be added by later runs.
 
 Run it:
@@ -118,6 +120,8 @@ ARMS = {
     "f": ("dupmae", "dupmae"),
 }
 ZERO_SHOT = "zero-shot"
+#: the arms the goal compares against: fine-tuning alone and MLM pretraining
+BASELINE_ARMS = ("a", "b")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,7 +176,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=parse_seeds, default=[42], metavar="N[,N...]",
                         help="comma-separated seeds (default 42): every arm runs once per seed (its pretraining masks "
                              "and fine-tuning order), and the report gives each arm's mean and standard deviation "
-                             "and its paired difference to arm (a)")
+                             "and its paired differences to arms (a) and (b)")
     parser.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (pretraining, fine-tuning, "
                         "evaluation); auto = bf16 on GPUs that support it and on CPUs with AVX512-BF16/AMX")
     pre = parser.add_argument_group("pretraining (arms b-f)")
@@ -436,14 +440,14 @@ def report(rows: dict[str, dict], args: argparse.Namespace, out: Path) -> None:
 
 def summarize(rows: dict[str, dict]) -> dict[str, dict]:
     """Per arm over its seeds: mean and sample standard deviation of nDCG@10 and Recall@100, and the paired
-    difference to arm (a) (same seed: same fine-tuning order), whose spread is what a comparison has to beat."""
+    differences to arms (a) and (b) (same seed: same masks and fine-tuning order), whose spread is what a
+    comparison has to beat: their mean, sd, the seeds above, and the 95% t-interval of the mean."""
     import statistics
 
     by_arm: dict[str, dict[int, dict]] = {}
     for label, row in rows.items():
         if label != ZERO_SHOT and row:
             by_arm.setdefault(row["arm"], {})[row["seed"]] = row
-    baseline = by_arm.get("a", {})
     summary = {}
     for key, runs in by_arm.items():
         ndcg = [r["NDCG@10"] for r in runs.values()]
@@ -453,14 +457,37 @@ def summarize(rows: dict[str, dict]) -> dict[str, dict]:
             "ndcg10_mean": statistics.fmean(ndcg), "ndcg10_sd": statistics.stdev(ndcg) if len(ndcg) > 1 else None,
             "recall100_mean": statistics.fmean(r.get("Recall@100", float("nan")) for r in runs.values()),
         }
-        paired = [runs[seed]["NDCG@10"] - baseline[seed]["NDCG@10"] for seed in sorted(runs) if seed in baseline]
-        if key != "a" and paired:
-            entry["diff_vs_a"] = paired
-            entry["diff_vs_a_mean"] = statistics.fmean(paired)
-            entry["diff_vs_a_sd"] = statistics.stdev(paired) if len(paired) > 1 else None
-            entry["wins_vs_a"] = sum(d > 0 for d in paired)
+        for base in BASELINE_ARMS:
+            baseline = by_arm.get(base, {})
+            paired = [runs[seed]["NDCG@10"] - baseline[seed]["NDCG@10"] for seed in sorted(runs) if seed in baseline]
+            if key != base and paired:
+                entry[f"diff_vs_{base}"] = paired
+                entry[f"diff_vs_{base}_mean"] = statistics.fmean(paired)
+                entry[f"diff_vs_{base}_sd"] = statistics.stdev(paired) if len(paired) > 1 else None
+                entry[f"diff_vs_{base}_ci95"] = _t_interval(paired)
+                entry[f"wins_vs_{base}"] = sum(d > 0 for d in paired)
         summary[key] = entry
     return summary
+
+
+def verdict(summary: dict[str, dict]) -> str:
+    """The issue's goal, read from the summary: which bottlenecked arms beat both (a) and (b) on the paired
+    mean, and which of them do so beyond seed noise (the 95% interval of each paired difference above 0)."""
+    bottlenecked = [k for k, e in summary.items() if k not in BASELINE_ARMS]
+    if not bottlenecked or any(base not in summary for base in BASELINE_ARMS):
+        return "goal (a bottlenecked arm beats (a) and (b)): not measured (needs arms a, b and one of c-f)"
+    on_means = [k for k in bottlenecked if all(summary[k].get(f"diff_vs_{b}_mean", -1.0) > 0 for b in BASELINE_ARMS)]
+    beyond = [k for k in on_means
+              if all((summary[k].get(f"diff_vs_{b}_ci95") or (None, None))[0] is not None
+                     and summary[k][f"diff_vs_{b}_ci95"][0] > 0 for b in BASELINE_ARMS)]
+    if not on_means:
+        return "goal (a bottlenecked arm beats (a) and (b)): not met (no arm's paired mean is above both)"
+    names = ", ".join(f"({k}) {summary[k]['name']}" for k in on_means)
+    if beyond:
+        strong = ", ".join(f"({k}) {summary[k]['name']}" for k in beyond)
+        return f"goal (a bottlenecked arm beats (a) and (b)): met by {names}; beyond seed noise (95%) by {strong}"
+    return (f"goal (a bottlenecked arm beats (a) and (b)): met on the paired means by {names}, "
+            "not beyond seed noise (a 95% interval includes 0)")
 
 
 def markdown_table(rows: dict[str, dict]) -> str:
@@ -479,16 +506,25 @@ def markdown_table(rows: dict[str, dict]) -> str:
 
 
 def summary_table(summary: dict[str, dict]) -> str:
-    lines = ["| arm | objective | seeds | nDCG@10 mean | sd | minus (a), paired: mean | sd | seeds above (a) | "
-             "Recall@100 mean |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    head, rule = ["| arm | objective | seeds | nDCG@10 mean | sd |"], ["|---|---|---|---:|---:|"]
+    for base in BASELINE_ARMS:
+        head.append(f" minus ({base}), paired: mean | 95% interval | seeds above ({base}) |")
+        rule.append("---:|---|---:|")
+    lines = ["".join(head) + " Recall@100 mean |", "".join(rule) + "---:|"]
     for key, e in summary.items():
-        diff = e.get("diff_vs_a_mean")
         cells = [f"({key}) {e['name']}", e["objective"] or "-", ",".join(map(str, e["seeds"])),
-                 f"{e['ndcg10_mean']:.4f}", _number(e["ndcg10_sd"]), "-" if diff is None else f"{diff:+.4f}",
-                 _number(e.get("diff_vs_a_sd")), f"{e['wins_vs_a']}/{len(e['diff_vs_a'])}" if diff is not None else "-",
-                 f"{e['recall100_mean']:.4f}"]
+                 f"{e['ndcg10_mean']:.4f}", _number(e["ndcg10_sd"])]
+        for base in BASELINE_ARMS:
+            diff = e.get(f"diff_vs_{base}_mean")
+            if diff is None:
+                cells += ["-", "-", "-"]
+                continue
+            low, high = e[f"diff_vs_{base}_ci95"] or (None, None)
+            interval = "-" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+            cells += [f"{diff:+.4f}", interval, f"{e[f'wins_vs_{base}']}/{len(e[f'diff_vs_{base}'])}"]
+        cells.append(f"{e['recall100_mean']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + verdict(summary) + "\n"
 
 
 def plot(rows: dict[str, dict], summary: dict[str, dict], path: Path) -> None:
@@ -550,6 +586,18 @@ def _finished(run_file: Path, steps: int) -> bool:
     if not run_file.exists():
         return False
     return json.loads(run_file.read_text(encoding="utf-8")).get("global_step", -1) >= steps
+
+
+def _t_interval(values: list[float]) -> tuple[float, float] | None:
+    """The 95% Student-t interval of the mean of ``values`` (None for fewer than two)."""
+    import statistics
+
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return None
+    mean, half = statistics.fmean(values), t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean - half, mean + half
 
 
 def _seconds(value) -> str:

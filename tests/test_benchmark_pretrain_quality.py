@@ -1,0 +1,58 @@
+"""The quality benchmark's statistics: paired differences to arms (a) and (b), intervals, the goal's verdict."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_quality.py"
+
+
+@pytest.fixture(scope="module")
+def pq():
+    spec = importlib.util.spec_from_file_location("pretrain_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(scores: dict[str, list[float]]) -> dict[str, dict]:
+    names = {"a": ("finetune", None), "b": ("mlm", "mlm"), "c": ("retromae", "retromae"), "f": ("dupmae", "dupmae")}
+    rows = {}
+    for arm, values in scores.items():
+        for seed, value in zip((42, 43, 44, 45), values):
+            rows[f"{arm}/{seed}"] = {"arm": arm, "seed": seed, "name": names[arm][0], "objective": names[arm][1],
+                                     "NDCG@10": value, "Recall@100": 0.9}
+    return rows
+
+
+def test_paired_differences_intervals_and_wins(pq):
+    summary = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.58, 0.61, 0.62], "c": [0.61, 0.64, 0.65]}))
+    c = summary["c"]
+    assert c["diff_vs_a"] == pytest.approx([0.01, 0.02, 0.01])
+    assert c["diff_vs_b"] == pytest.approx([0.03, 0.03, 0.03])
+    assert c["wins_vs_a"] == 3 and c["wins_vs_b"] == 3
+    low, high = c["diff_vs_a_ci95"]
+    # mean 0.01333, sd 0.00577, t(0.975, 2) = 4.303: half-width 0.01434
+    assert low == pytest.approx(0.013333 - 0.014343, abs=1e-5) and high == pytest.approx(0.013333 + 0.014343, abs=1e-5)
+    assert c["diff_vs_b_ci95"] == pytest.approx((0.03, 0.03))
+    assert "diff_vs_a" not in summary["a"] and summary["a"]["wins_vs_b"] == 3
+
+
+def test_verdict_distinguishes_means_from_noise(pq):
+    noisy = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.58, 0.61, 0.62], "c": [0.61, 0.64, 0.65]}))
+    assert "met on the paired means by (c) retromae, not beyond seed noise" in pq.verdict(noisy)
+    clear = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.58, 0.61, 0.62], "c": [0.62, 0.641, 0.659]}))
+    assert "beyond seed noise (95%) by (c) retromae" in pq.verdict(clear)
+    lost = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.58, 0.61, 0.62], "c": [0.59, 0.63, 0.63]}))
+    assert "not met" in pq.verdict(lost)
+    assert "not measured" in pq.verdict(pq.summarize(_rows({"a": [0.6, 0.6], "c": [0.7, 0.7]})))
+
+
+def test_summary_table_shows_both_baselines_and_the_verdict(pq):
+    table = pq.summary_table(pq.summarize(_rows({"a": [0.60, 0.62], "b": [0.58, 0.61], "f": [0.61, 0.63]})))
+    assert "minus (a), paired" in table and "minus (b), paired" in table
+    assert "| (f) dupmae | dupmae | 42,43 | 0.6200 |" in table
+    assert table.rstrip().endswith("(a 95% interval includes 0)")
