@@ -329,10 +329,11 @@ def _add_finetune(sub) -> None:
         description="Fine-tune an encoder into a retriever with sentence-transformers' trainer and "
                     "(Cached)MultipleNegativesRankingLoss: in-batch negatives plus hard negatives mined with "
                     "retromem's own index (top-k of the starting encoder, positives excluded). Training pairs come "
-                    "from a BEIR data set's train qrels or from JSONL (query, positive, negatives). The result, "
-                    "<output>/final, is a sentence-transformers folder.",
+                    "from a BEIR data set's train qrels and/or from JSONL (query, positive, negatives). The result, "
+                    "<output>/final, is a sentence-transformers folder. Rerunning the same command resumes; a "
+                    "finished run given more --epochs or --max-steps trains on.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_argument_group("training data (one or both)")
     src.add_argument("--beir", help="BEIR data set name or folder: pairs from its --split qrels (grade >= 1)")
     src.add_argument("--jsonl", nargs="+",
                      help='JSONL files of {"query": ..., "positive": ..., "negatives": [...]} (negatives optional)')
@@ -341,7 +342,8 @@ def _add_finetune(sub) -> None:
     p.add_argument("--model", default="minilm",
                    help="encoder to fine-tune: alias, folder (e.g. <pretrain>/final), hub id")
     p.add_argument("--pooling", choices=("auto", "cls", "mean"), default="auto",
-                   help="pooling for a bare HF folder (auto: the sentence-transformers config, else cls)")
+                   help="pooling of the fine-tuned model (auto: the folder's sentence-transformers config, else cls)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder's own Python code to run")
     p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise (dot-product retriever)")
     p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
     p.add_argument("--query-prefix", help="text put before queries")
@@ -363,8 +365,15 @@ def _add_finetune(sub) -> None:
     n.add_argument("--mine-max-score-ratio", type=float,
                    help="drop candidates scoring above this fraction of the positive's score")
     n.add_argument("--mining-model", help="encoder used for mining (default: --model)")
+    n.add_argument("--mining-workdir",
+                   help="cache of mining's corpus embeddings and index (default: the one `eval beir` uses)")
+    n.add_argument("--encode-batch-size", type=int, default=64, help="texts per forward pass when mining")
     _add_training_options(p, lr=2e-5, batch=32, save_steps=500)
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps spent warming up")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="let a batch hold the same text twice (by default batches avoid it: a duplicate would be a "
+                        "false in-batch negative)")
     p.set_defaults(func=_run_finetune)
 
 
@@ -378,8 +387,10 @@ def _run_finetune(args) -> int:
         mini_batch_size=args.mini_batch_size, hard_negatives=args.hard_negatives,
         negatives_source=args.negatives_source, mine_top_k=args.mine_top_k, mine_skip=args.mine_skip,
         mine_sampling=args.mine_sampling, mine_max_score_ratio=args.mine_max_score_ratio,
-        mining_model=args.mining_model, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, precision=args.precision,
+        mining_model=args.mining_model, mining_workdir=args.mining_workdir, encode_batch_size=args.encode_batch_size,
+        trust_remote_code=args.trust_remote_code, no_duplicates=not args.allow_duplicates, epochs=args.epochs,
+        max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm, precision=args.precision,
         seed=args.seed, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,
     )

@@ -257,3 +257,129 @@ def test_empty_jsonl_and_bad_options_are_refused(tmp_path):
         FinetuneConfig(beir="scifact", hard_negatives=5, mine_skip=28, mine_top_k=30).validate()
     with pytest.raises(RetromemError, match="unknown loss"):
         FinetuneConfig(beir="scifact", loss="triplet").validate()
+
+
+def _twin_beir(root: Path, toy: Path) -> Path:
+    """The toy set plus, per query, the query's own text in the corpus under its id (as in Quora or
+    ArguAna), and a second query id with the same text as q0 judged against only one of q0's documents."""
+    shutil.copytree(toy, root)
+    queries = [json.loads(line) for line in (root / "queries.jsonl").read_text().splitlines()]
+    with open(root / "corpus.jsonl", "a") as handle:
+        for q in queries:
+            handle.write(json.dumps({"_id": q["_id"], "title": "", "text": q["text"]}) + "\n")
+        handle.write(json.dumps({"_id": "twin-text", "title": "", "text": queries[1]["text"].upper() + "  "}) + "\n")
+    with open(root / "queries.jsonl", "a") as handle:
+        handle.write(json.dumps({"_id": "q0-again", "text": queries[0]["text"]}) + "\n")
+    with open(root / "qrels" / "train.tsv", "a") as handle:
+        handle.write("q0-again\td0-0\t1\n")
+    return root
+
+
+def test_mining_never_returns_the_query_itself_nor_positives_of_the_same_text(tmp_path, tiny_model_dir, toy_beir):
+    data = _twin_beir(tmp_path / "twins", toy_beir)
+    config = _config(tmp_path, tiny_model_dir, data, hard_negatives=3, mine_top_k=12)
+    _, settings = build_model(config)
+    examples, _ = build_examples(config, settings)
+    dataset = load_beir(str(data), split="train")
+    texts = {p.id: p.full_text() for p in dataset.iter_corpus()}
+    q0_docs = {texts["d0-0"], texts["d0-1"]}
+    for example in examples:
+        negatives = {example[f"negative_{i}"] for i in (1, 2, 3)}
+        assert example["anchor"].lower() not in {n.strip().lower() for n in negatives}  # neither twin
+        if example["anchor"] == dataset.queries["q0"]:  # q0 and q0-again: both of q0's documents are positives
+            assert not negatives & q0_docs
+    assert sum(e["anchor"] == dataset.queries["q0"] for e in examples) == 3
+
+
+def test_a_changed_starting_model_or_beir_file_makes_another_run(tmp_path, tiny_model_dir, toy_beir):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = tmp_path / "data"
+    shutil.copytree(toy_beir, data)
+    config = _config(tmp_path, model, data, max_steps=2, hard_negatives=0)
+    final = finetune(config)
+    first = json.loads((final / "finetune_run.json").read_text())
+    assert finetune(config) == final  # nothing to do
+
+    from transformers import AutoModel
+
+    retrained = AutoModel.from_pretrained(model)
+    for parameter in retrained.parameters():
+        parameter.data.add_(0.01)
+    retrained.save_pretrained(model)  # the same folder, pretrained further
+    shutil.rmtree(tmp_path / "run")
+    final = finetune(config)
+    second = json.loads((final / "finetune_run.json").read_text())
+    assert second["input_digests"]["model"] != first["input_digests"]["model"]
+    assert second["model_settings"]["fingerprint"] == second["input_digests"]["model"]
+
+    # a qrels file edited in place: the finished run is not reused, nor are its checkpoints
+    qrels = data / "qrels" / "train.tsv"
+    qrels.write_text("\n".join(line for line in qrels.read_text().splitlines() if not line.startswith("q7\t")) + "\n")
+    with pytest.raises(MismatchError, match="training data"):
+        finetune(config)
+    shutil.rmtree(tmp_path / "run")
+    info = json.loads((finetune(config) / "finetune_run.json").read_text())
+    assert info["examples"]["pairs"] == 30  # q7's two pairs are gone
+
+
+def test_a_finished_run_is_extended_by_more_epochs_and_refuses_fewer(tmp_path, tiny_model_dir, toy_beir):
+    # 32 pairs, batch 8: 4 steps an epoch
+    config = _config(tmp_path, tiny_model_dir, toy_beir, max_steps=-1, epochs=0.5, save_steps=2, hard_negatives=0)
+    info = json.loads((finetune(config) / "finetune_run.json").read_text())
+    assert info["global_step"] == 2
+    longer = _config(tmp_path, tiny_model_dir, toy_beir, max_steps=-1, epochs=1.0, save_steps=2, hard_negatives=0)
+    info = json.loads((finetune(longer) / "finetune_run.json").read_text())
+    assert info["global_step"] == 4 and info["resumed_from"].endswith("checkpoint-2")
+    assert info["config"]["epochs"] == 1.0
+    shutil.rmtree(tmp_path / "run" / "final")
+    with pytest.raises(RetromemError, match="past this run's 0.5"):
+        finetune(config)
+    with pytest.raises(RetromemError, match="past this run's 3 steps"):
+        finetune(_config(tmp_path, tiny_model_dir, toy_beir, max_steps=3, save_steps=2, hard_negatives=0))
+    # max_steps that grow: trains on from the last checkpoint
+    info = json.loads((finetune(_config(tmp_path, tiny_model_dir, toy_beir, max_steps=6, save_steps=2,
+                                        hard_negatives=0)) / "finetune_run.json").read_text())
+    assert info["global_step"] == 6 and info["resumed_from"].endswith("checkpoint-4")
+
+
+def test_resuming_refuses_other_optimisation_settings_and_foreign_checkpoints(tmp_path, tiny_model_dir, toy_beir):
+    config = _config(tmp_path, tiny_model_dir, toy_beir, max_steps=4, save_steps=2, hard_negatives=0)
+    finetune(config)
+    run = tmp_path / "run"
+    shutil.rmtree(run / "final")
+    shutil.rmtree(run / "checkpoint-4")
+    with pytest.raises(MismatchError, match="weight_decay"):
+        finetune(_config(tmp_path, tiny_model_dir, toy_beir, max_steps=4, save_steps=2, hard_negatives=0,
+                         weight_decay=0.5))
+    # an explicit checkpoint of another run is checked against that run's settings, beside it
+    other = dict(output_dir=str(tmp_path / "other"), max_steps=4, save_steps=2, hard_negatives=0,
+                 resume=str(run / "checkpoint-2"))
+    with pytest.raises(MismatchError, match="learning_rate"):
+        finetune(_config(tmp_path, tiny_model_dir, toy_beir, **{**other, "learning_rate": 5e-4}))
+    info = json.loads((finetune(_config(tmp_path, tiny_model_dir, toy_beir, **other)) / "finetune_run.json")
+                      .read_text())
+    assert info["resumed_from"].endswith("run/checkpoint-2") and info["global_step"] == 4
+    assert (run / "checkpoint-2").exists()  # the other run's checkpoints are left alone
+    # into a folder that holds checkpoints of its own: refused rather than deleting them
+    with pytest.raises(RetromemError, match="of another run"):
+        finetune(_config(tmp_path, tiny_model_dir, toy_beir, **{**other, "max_steps": 6}))
+
+
+def test_jsonl_negatives_that_are_positives_of_the_same_query_or_repeat_are_refused(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"query": "red cat", "positive": "A", "negatives": ["B"]}) + "\n"
+                    + json.dumps({"query": "red cat", "positive": "B"}) + "\n")
+    with pytest.raises(DataError, match=r"'B' is a positive of the same query in .*train.jsonl, line 2") as err:
+        read_jsonl_examples([data])
+    assert str(err.value).startswith(f"{data}:1: ")
+    data.write_text(json.dumps({"query": "q", "positive": "p", "negatives": ["x", "y", "x"]}) + "\n")
+    with pytest.raises(DataError, match="'x' is given twice"):
+        read_jsonl_examples([data])
+
+
+def test_dropped_pairs_are_reported_and_the_hint_names_the_score_ratio(tmp_path, tiny_model_dir, toy_beir, caplog):
+    config = _config(tmp_path, tiny_model_dir, toy_beir, hard_negatives=2, mine_max_score_ratio=1e-6)
+    _, settings = build_model(config)
+    with pytest.raises(RetromemError, match="raise --mine-max-score-ratio"):
+        build_examples(config, settings)

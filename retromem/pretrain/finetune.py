@@ -14,8 +14,10 @@ Hard negatives are mined with retromem's own index: the corpus is encoded by the
 (with the pooling, normalisation, prefixes and length the fine-tuning uses; or by ``mining_model``,
 e.g. to give several models the same training tuples) into the same cached work
 directory ``retromem eval beir`` uses, a Flat inner-product index is built, every training query's
-top ``mine_top_k`` is retrieved, the query's positives (every judged document of grade >= 1) are
-removed, the first ``mine_skip`` of the rest are skipped (the likeliest false negatives), and
+top ``mine_top_k`` is retrieved, the query's positives (every judged document of grade >= 1, for
+every query id with the same text) and the query itself (a document with the query's id or text, as
+in Quora or ArguAna) are removed, the first ``mine_skip`` of the rest are skipped (the likeliest false
+negatives), and
 ``hard_negatives`` per pair are taken from what remains (the highest ranked, or a seeded random
 sample). ``mine_max_score_ratio`` also drops candidates scoring above that share of the pair's
 positive (NV-Retriever's "TopK-PercPos" false-negative filter). JSONL records without enough
@@ -25,6 +27,7 @@ negatives will join once retromem has a BM25 searcher.
 Layout of ``output_dir``::
 
     retromem_finetune_run.json   the FinetuneConfig of the run (checked on resume) + the data key
+                                 (settings and input digests that make the training tuples)
     train_examples.jsonl         the training tuples (anchor, positive, negative_1..n), reused by a rerun
     checkpoint-<step>/           trainer checkpoints (model, optimizer, scheduler, RNG, trainer_state.json last)
     final/                       the fine-tuned model: a sentence-transformers folder (Transformer +
@@ -67,7 +70,7 @@ from transformers import set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from retromem.cpu_memory import keep_freed_memory
-from retromem.data.beir import corpus_file, load_beir
+from retromem.data.beir import corpus_file, load_beir, qrels_file, resolve_beir_dir
 from retromem.data.passage import Passage
 from retromem.errors import DataError, MismatchError, RetromemError
 from retromem.eval.beir_pipeline import work_directory
@@ -105,13 +108,20 @@ FINAL_INFO = "finetune_run.json"
 _DATA_KEYS = ("model", "beir", "beir_split", "jsonl", "pooling", "normalize", "max_length", "query_prefix",
               "passage_prefix", "hard_negatives", "negatives_source", "mine_top_k", "mine_skip", "mine_sampling",
               "mine_max_score_ratio", "mining_model", "precision", "seed")
-#: Settings that must agree between a run and the checkpoint it resumes.
-_RESUME_MUST_MATCH = ("loss", "batch_size", "learning_rate", "scale")
+#: Settings that must agree between a run and the checkpoint it resumes (the budget, epochs or
+#: max_steps, may grow: see trainer_utils.run_complete).
+_RESUME_MUST_MATCH = ("loss", "batch_size", "learning_rate", "scale", "weight_decay", "warmup_ratio", "max_grad_norm",
+                      "no_duplicates", "trust_remote_code")
+#: Files above this size are fingerprinted by size, modification time and their first and last MiB
+#: instead of a full SHA-256 (an MS MARCO corpus would take seconds on every start).
+_FULL_DIGEST_LIMIT = 256 << 20
 
 
 @dataclass
 class FinetuneConfig:
-    """One fine-tuning run; every field maps to a ``retromem finetune`` option of the same name.
+    """One fine-tuning run. Fields map to ``retromem finetune`` options of the same name with dashes,
+    except ``beir_split`` (``--split``), ``learning_rate`` (``--lr``), ``output_dir`` (``--output``),
+    ``no_duplicates`` (``--allow-duplicates`` turns it off) and ``show_progress`` (the library's own).
 
     Data: ``beir`` (a BEIR data set name or folder; its ``beir_split`` qrels give the pairs) and/or
     ``jsonl`` (files of query/positive/negative(s) texts). Model: ``model`` is an alias (``minilm``),
@@ -126,11 +136,15 @@ class FinetuneConfig:
     ``mini_batch_size``); ``scale`` = 1 / temperature. ``hard_negatives`` per pair (0 = in-batch
     negatives only), mined as the module docstring says, by the model being fine-tuned or, when
     ``mining_model`` names another encoder, by that one (with its own pooling and prefixes): e.g.
-    to give several candidate models the same training tuples. Optimisation: ``max_steps`` > 0 overrides
-    ``epochs``; ``warmup_ratio`` is a share of the steps; ``precision`` ``auto`` = bf16 (else fp16)
-    on CUDA, bf16 autocast on CPUs with AVX512-BF16/AMX, else fp32. ``resume``: ``auto`` continues
-    from the newest complete checkpoint in ``output_dir``, ``never`` refuses to train over existing
-    checkpoints, a path resumes from that checkpoint.
+    to give several candidate models the same training tuples; ``mining_workdir`` holds mining's
+    cached embeddings and index (default: the one ``retromem eval beir`` uses). ``no_duplicates``:
+    batches never hold the same text twice (a duplicate would count as a false in-batch negative).
+    ``trust_remote_code`` lets a model folder's own Python code run (off unless asked). Optimisation:
+    ``max_steps`` > 0 overrides ``epochs``; ``warmup_ratio`` is a share of the steps; ``precision``
+    ``auto`` = bf16 (else fp16) on CUDA, bf16 autocast on CPUs with AVX512-BF16/AMX, else fp32.
+    ``resume``: ``auto`` continues from the newest complete checkpoint in ``output_dir``, ``never``
+    refuses to train over existing checkpoints, a path resumes from that checkpoint; a finished run
+    given more epochs or steps trains on from its last checkpoint.
     """
 
     output_dir: str = "runs/finetune"
@@ -160,6 +174,7 @@ class FinetuneConfig:
     mining_model: str | None = None
     mining_workdir: str | None = None
     encode_batch_size: int = 64
+    trust_remote_code: bool = False
     # optimisation
     epochs: float = 1.0
     max_steps: int = -1
@@ -270,7 +285,7 @@ def finetune(config: FinetuneConfig) -> Path:
     config.validate()
     output_dir = Path(config.output_dir)
     final = output_dir / FINAL_DIR
-    if _finished_before(final, config):
+    if _finished_before(final, config, input_digests(config)):
         log.info("%s already holds this fine-tuning run's result; nothing to do", final)
         return final
     precision = resolve_precision(config.precision)
@@ -303,7 +318,8 @@ def finetune(config: FinetuneConfig) -> Path:
         dataloader_num_workers=0,
     )
     is_main = args.process_index == 0
-    data_key = _data_key(config, settings)
+    inputs = input_digests(config)
+    data_key = _data_key(config, settings, inputs)
     checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, is_main,
                                       functools.partial(_refuse_changed_run, config, data_key))
     if is_main:
@@ -336,7 +352,7 @@ def finetune(config: FinetuneConfig) -> Path:
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         info = {
-            "config": asdict(config), "jsonl_digests": _jsonl_digests(config), "model_settings": settings,
+            "config": asdict(config), "input_digests": inputs, "model_settings": settings,
             "precision": precision,
             "global_step": global_step, "metrics": metrics,
             "train_loss": train_loss, "examples": asdict(report),
@@ -361,7 +377,7 @@ def build_model(config: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
     path = resolve_model_path(config.model)
     folder_settings = read_sentence_transformers_config(path) if Path(path).is_dir() else {}
     if (Path(path) / "modules.json").exists():
-        loaded = SentenceTransformer(path, trust_remote_code=False, device="cpu")
+        loaded = SentenceTransformer(path, trust_remote_code=config.trust_remote_code, device="cpu")
         modules = list(loaded.children())
         if not modules or not isinstance(modules[0], Transformer) or not all(
                 isinstance(m, (Pooling, Normalize)) for m in modules[1:]):
@@ -371,7 +387,8 @@ def build_model(config: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
         transformer = modules[0]
         prompts = dict(loaded.prompts or {})
     else:
-        transformer = Transformer(path)
+        remote = {"trust_remote_code": True} if config.trust_remote_code else None
+        transformer = Transformer(path, model_kwargs=remote, processor_kwargs=remote, config_kwargs=remote)
         prompts = {}
     settings = {
         "pooling": config.pooling if config.pooling != "auto" else folder_settings.get("pooling", "cls"),
@@ -445,10 +462,16 @@ def build_examples(config: FinetuneConfig, settings: dict[str, Any], device: str
     if config.jsonl:
         examples += jsonl_examples(config, get_encoder, report, write=write)
     report.examples = len(examples)
+    hint = "lower --hard-negatives or --mine-skip, raise --mine-top-k" + (
+        ", or raise --mine-max-score-ratio" if config.mine_max_score_ratio is not None else "")
     if write and not examples:
         raise RetromemError(f"no training tuples were made ({report.pairs} pairs; {report.dropped_no_text} without "
                             f"text, {report.dropped_few_negatives} with fewer than {config.hard_negatives} negatives "
-                            "left after mining): check the data, or lower --hard-negatives / raise --mine-top-k")
+                            f"left after mining): check the data, or {hint}")
+    if write and report.dropped_few_negatives:
+        log.warning("%d of %d pairs (%.0f%%) had fewer than %d hard negatives left after mining and are left out; "
+                    "to keep them, %s", report.dropped_few_negatives, report.pairs,
+                    100 * report.dropped_few_negatives / max(report.pairs, 1), config.hard_negatives, hint)
     return examples, report
 
 
@@ -456,11 +479,13 @@ def mining_encoder(config: FinetuneConfig, settings: dict[str, Any], device: str
     """retromem's encoder with exactly the settings the fine-tuned model starts from (or ``mining_model``'s own)."""
     if config.mining_model:
         return Encoder(EncoderConfig(model=config.mining_model, precision=config.precision,
-                                     batch_size=config.encode_batch_size, device=device))
+                                     batch_size=config.encode_batch_size, device=device,
+                                     trust_remote_code=config.trust_remote_code))
     return Encoder(EncoderConfig(model=config.model, pooling=settings["pooling"], normalize=settings["normalize"],
                                  max_length=settings["max_length"], query_prefix=settings["query_prefix"],
                                  passage_prefix=settings["passage_prefix"], precision=config.precision,
-                                 batch_size=config.encode_batch_size, device=device))
+                                 batch_size=config.encode_batch_size, device=device,
+                                 trust_remote_code=config.trust_remote_code))
 
 
 def beir_examples(config: FinetuneConfig, get_encoder, report: ExampleReport, write: bool = True) -> list[dict]:
@@ -472,7 +497,8 @@ def beir_examples(config: FinetuneConfig, get_encoder, report: ExampleReport, wr
     candidates: dict[str, Candidates] = {}
     if config.hard_negatives:
         clock = time.perf_counter()
-        candidates = mine_negatives(queries, positives, dataset.iter_corpus, get_encoder(), config.mining(),
+        never = never_negatives(queries, positives, dataset.iter_corpus)
+        candidates = mine_negatives(queries, never, dataset.iter_corpus, get_encoder(), config.mining(),
                                     name=dataset.name, workdir=config.mining_workdir,
                                     total=count_lines(corpus_file(dataset.root)), show_progress=config.show_progress,
                                     write=write)
@@ -521,6 +547,9 @@ def jsonl_examples(config: FinetuneConfig, get_encoder, report: ExampleReport, w
     positives_of: dict[str, list[str]] = {}
     for r in records:
         positives_of.setdefault(r.query, []).append(pool_ids[r.positive])
+    for query, ids in positives_of.items():  # the query's own text, if some record holds it, is no negative
+        if query in pool_ids:
+            ids.append(pool_ids[query])
     needs_mining = sorted({r.query for r in records if len(r.negatives) < n})
     candidates: dict[str, Candidates] = {}
     if needs_mining:
@@ -579,11 +608,50 @@ def read_jsonl_examples(paths: Sequence[str | Path]) -> list[JsonlExample]:
             if obj["positive"] in negatives:
                 raise DataError("a negative is the same text as the positive", path, lineno,
                                 "remove it from the negatives")
+            if len(set(negatives)) < len(negatives):
+                repeated = next(t for t in negatives if negatives.count(t) > 1)
+                raise DataError(f"the negative {_clip(repeated)!r} is given twice", path, lineno,
+                                "give each negative once")
             records.append(JsonlExample(query=obj["query"], positive=obj["positive"], negatives=list(negatives),
                                         path=path, line=lineno))
         if len(records) == before:
             raise DataError("no training records in the file", path, fix=f"each line needs {form}")
+    _refuse_negatives_that_are_positives(records)
     return records
+
+
+def _refuse_negatives_that_are_positives(records: Sequence[JsonlExample]) -> None:
+    """A negative that another record gives as a positive of the same query would teach both ways."""
+    positives: dict[str, dict[str, JsonlExample]] = {}
+    for r in records:
+        positives.setdefault(r.query, {}).setdefault(r.positive, r)
+    for r in records:
+        for negative in r.negatives:
+            other = positives[r.query].get(negative)
+            if other is not None:
+                raise DataError(f"the negative {_clip(negative)!r} is a positive of the same query in "
+                                f"{other.path}, line {other.line}", r.path, r.line,
+                                "remove it from this record's negatives (or from that record)")
+
+
+def never_negatives(queries: dict[str, str], positives: dict[str, list[str]], passages) -> dict[str, set[str]]:
+    """Per query id, the documents mining must not return as its negatives.
+
+    They are the positives of every query with the same text (SciFact train holds one claim under
+    several ids, each judged against some of its documents) and the query's own twin in the corpus:
+    a document with the query's id (BEIR's "identical ids", as in Quora, ArguAna, CQADupStack) or with
+    its text (compared without case and spacing; ``passages()`` is streamed once for it).
+    """
+    by_text: dict[str, set[str]] = {}
+    for qid, text in queries.items():
+        by_text.setdefault(_normalized(text), set()).update(positives.get(qid, ()))
+    twins: dict[str, set[str]] = {}
+    for passage in passages():
+        for text in {_normalized(passage.text), _normalized(passage.full_text())}:
+            if text in by_text:
+                twins.setdefault(text, set()).add(passage.id)
+    return {qid: by_text[_normalized(text)] | twins.get(_normalized(text), set()) | {qid}
+            for qid, text in queries.items()}
 
 
 def relevant_docs(qrels: dict[str, dict[str, int]]) -> dict[str, list[str]]:
@@ -599,10 +667,11 @@ def mine_negatives(queries: dict[str, str], positives: dict[str, Iterable[str]],
 
     ``passages`` is a callable returning a fresh passage iterator (the corpus is streamed). Embeddings
     and the index are cached in ``<workdir>/<name>/<model>-<key>/`` (the layout ``retromem eval beir``
-    uses, so the two share them). Returns, per query, the doc ids ranked by score with every positive
-    removed, ranks ``[skip, top_k)`` of that list, and the scores of the query's positives (for
-    ``max_score_ratio``). Under a launcher only the process with ``write=True`` searches; the others
-    just encode their share and get ``{}``.
+    uses, so the two share them). ``positives``: per query, the documents never to return (its
+    positives, and whatever else :func:`never_negatives` adds). Returns, per query, the doc ids ranked
+    by score with those removed, ranks ``[skip, top_k)`` of that list, and the scores of the removed
+    documents (the pair's positive's among them, for ``max_score_ratio``). Under a launcher only the
+    process with ``write=True`` searches; the others just encode their share and get ``{}``.
     """
     work = work_directory(workdir, name, encoder.metadata())
     embeddings = encode_corpus(passages(), encoder, work / "embeddings", total=total, show_progress=show_progress,
@@ -677,6 +746,14 @@ class _Trainer(SentenceTransformerTrainer):
         Path(output_dir or self.args.output_dir, TRAINING_ARGS_NAME).unlink(missing_ok=True)
 
 
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def _example(query: str, positive: str, negatives: list[str]) -> dict[str, str]:
     example = {"anchor": query, "positive": positive}
     example.update({f"negative_{i}": text for i, text in enumerate(negatives, start=1)})
@@ -699,24 +776,46 @@ def _read_examples(path: Path) -> list[dict[str, str]]:
     return [obj for _, obj in iter_jsonl(path)]
 
 
-def _data_key(config: FinetuneConfig, settings: dict[str, Any]) -> str:
+def input_digests(config: FinetuneConfig) -> dict[str, Any]:
+    """What the run reads, by content: the starting (and mining) model's weights and the training files.
+
+    A model folder retrained in place, a BEIR file or a JSONL file edited in place, or a data set
+    name that now resolves to another folder, all make another run. Files above 256 MiB are
+    fingerprinted by size, modification time and their first and last MiB (see :func:`_file_digest`).
+    """
+    digests: dict[str, Any] = {"model": model_fingerprint(resolve_model_path(config.model))}
+    if config.mining_model:
+        digests["mining_model"] = model_fingerprint(resolve_model_path(config.mining_model))
+    if config.beir:
+        root = resolve_beir_dir(config.beir)
+        files = [corpus_file(root), root / "queries.jsonl", qrels_file(root, config.beir_split)]
+        digests["beir"] = {"root": str(root.resolve()), **{f.name: _file_digest(f) for f in files}}
+    if config.jsonl:
+        digests["jsonl"] = [_file_digest(p) for p in config.jsonl]
+    return digests
+
+
+def _data_key(config: FinetuneConfig, settings: dict[str, Any], inputs: dict[str, Any]) -> str:
     values = {k: getattr(config, k) for k in _DATA_KEYS}
     values.update(settings)
-    values["jsonl"] = _jsonl_digests(config)
+    values["inputs"] = inputs
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _jsonl_digests(config: FinetuneConfig) -> list[str]:
-    """SHA-256 of each training JSONL file: a file edited in place makes another run."""
-    return [_file_digest(p) for p in config.jsonl]
-
-
-def _file_digest(path: str) -> str:
+def _file_digest(path: str | Path) -> str:
+    """SHA-256 of the file; above 256 MiB, of its size, modification time and first and last MiB."""
     digest = hashlib.sha256()
     try:
+        size = Path(path).stat().st_size
         with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            if size <= _FULL_DIGEST_LIMIT:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            else:
+                digest.update(f"{size}:{Path(path).stat().st_mtime_ns}".encode())
+                digest.update(handle.read(1 << 20))
+                handle.seek(size - (1 << 20))
+                digest.update(handle.read())
     except OSError:
         return f"missing:{path}"
     return digest.hexdigest()
@@ -732,17 +831,17 @@ def _refuse_changed_run(config: FinetuneConfig, data_key: str, checkpoint: Path,
                             "use the same options, or another --output-dir to start afresh")
 
 
-def _finished_before(final: Path, config: FinetuneConfig) -> bool:
-    """Whether ``final`` was written by a run with these settings (bookkeeping options aside) and files."""
+def _finished_before(final: Path, config: FinetuneConfig, inputs: dict[str, Any]) -> bool:
+    """Whether ``final`` was written by a run with these settings (bookkeeping options aside) and inputs."""
     if not (final / FINAL_INFO).exists():
         return False
     info = read_json(final / FINAL_INFO)
     previous = info.get("config", {})
     ignore = {"show_progress", "logging_steps", "report_to", "resume", "save_steps", "save_total_limit",
-              "mining_workdir", "encode_batch_size"}
-    current = asdict(config)
-    same_files = info.get("jsonl_digests", []) == _jsonl_digests(config)
-    return same_files and all(previous.get(k) == v for k, v in current.items() if k not in ignore)
+              "mining_workdir", "encode_batch_size", "mini_batch_size"}
+    current = json.loads(json.dumps(asdict(config)))  # as it was written
+    same_inputs = info.get("input_digests") == json.loads(json.dumps(inputs))
+    return same_inputs and all(previous.get(k) == v for k, v in current.items() if k not in ignore)
 
 
 def _default_max_length(transformer) -> int:

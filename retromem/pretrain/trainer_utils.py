@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -107,8 +106,10 @@ def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: 
 
     ``never``: None, refusing an ``output_dir`` that already holds checkpoints; ``auto``: the newest
     complete checkpoint in ``output_dir``, if any; else the checkpoint folder ``resume``, which must be
-    complete. When the earlier run left its settings in ``output_dir/run_file``,
-    ``refuse_changed(checkpoint, settings)`` raises if this run cannot continue that one. The main
+    complete. The settings of the run that wrote the checkpoint (``run_file`` beside it, for a
+    checkpoint of ``output_dir`` the one there) are checked by ``refuse_changed(checkpoint, settings)``,
+    which raises if this run cannot continue that one; a checkpoint from elsewhere without them is
+    resumed with a warning, into an ``output_dir`` that holds no checkpoints of its own. The main
     process (``is_main``) then deletes incomplete checkpoints and ones newer than the chosen one (left
     by a crash, they would confuse the trainer's rotation).
     """
@@ -126,8 +127,16 @@ def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: 
         checkpoint = find_resume_checkpoint(output_dir)
         if checkpoint is None:
             return None
-    if (output_dir / run_file).exists():
-        refuse_changed(checkpoint, read_json(output_dir / run_file))
+    foreign = checkpoint.resolve().parent != output_dir.resolve()
+    if foreign and existing:
+        raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...) of another run: resume "
+                            f"{checkpoint} into an empty --output-dir, or resume {output_dir}'s own with --resume auto")
+    settings_file = checkpoint.parent / run_file if foreign else output_dir / run_file
+    if settings_file.exists():
+        refuse_changed(checkpoint, read_json(settings_file))
+    elif foreign:
+        log.warning("%s has no %s beside it: its run's settings cannot be checked against this one's", checkpoint,
+                    run_file)
     if is_main:
         step = checkpoint_step(checkpoint)
         for stale in existing:
@@ -139,12 +148,32 @@ def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: 
 
 
 def run_complete(checkpoint: Path, max_steps: int, epochs: float) -> bool:
-    """Whether ``checkpoint`` is the last step of a run of ``max_steps`` steps (when > 0) or ``epochs`` epochs."""
+    """Whether ``checkpoint`` is the last step of a run of ``max_steps`` steps (when > 0), else of ``epochs`` epochs.
+
+    A checkpoint short of that budget is not (resuming it trains on to the new end, so a finished run
+    can be extended); one past it raises, since steps cannot be untrained. Epochs are read from the
+    checkpoint's own ``epoch`` (the share of the data seen at its step), so the check does not depend
+    on the budget the earlier run was given.
+    """
     state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    step = state["global_step"]
     if max_steps > 0:
-        return state["global_step"] >= max_steps
-    return (state["global_step"] >= state.get("max_steps", float("inf"))
-            and state.get("num_train_epochs") == math.ceil(epochs))
+        if step > max_steps:
+            raise RetromemError(f"{checkpoint} is at step {step}, past this run's {max_steps} steps: give --max-steps "
+                                f"{step} or more to finish from it, or another --output-dir to start afresh")
+        complete = step == max_steps
+    else:
+        epoch = float(state.get("epoch") or 0.0)
+        per_step = epoch / step if step else 0.0
+        complete = epoch >= epochs * (1 - 1e-9)
+        if complete and per_step and epoch - epochs >= per_step * (1 - 1e-6):
+            raise RetromemError(f"{checkpoint} has trained {epoch:g} epochs, past this run's {epochs:g}: give "
+                                f"--epochs {epoch:g} or more to finish from it, or another --output-dir to start "
+                                "afresh")
+    if not complete and step >= state.get("max_steps", float("inf")):
+        log.info("%s ended a run of %d steps: training on to this run's %s", checkpoint, step,
+                 f"{max_steps} steps" if max_steps > 0 else f"{epochs:g} epochs")
+    return complete
 
 
 def checkpoint_step(checkpoint: Path) -> int | None:
