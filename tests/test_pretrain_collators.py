@@ -108,6 +108,34 @@ def test_whole_words_are_masked_entirely(masker, corpus_ids):
     assert abs(selected.sum().item() / ordinary.sum().item() - 0.3) < 0.02
 
 
+@pytest.mark.parametrize("ratio", [0.15, 0.3, 0.45])
+def test_whole_word_selection_skips_words_that_overrun_and_takes_later_ones(masker, corpus_ids, ratio):
+    # transformers' rule: visit words in a random order, take each that still fits the budget. The
+    # result is maximal: no word left out would still fit in the room the taken words leave.
+    ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(r[:126]) for r in corpus_ids], batch_first=True)
+    maskable = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r[:126]), dtype=torch.bool) for r in corpus_ids],
+                                               batch_first=True)
+    selected = masker.select(ids, maskable, ratio, generator=torch.Generator().manual_seed(4))
+    budgets = (maskable.sum(1).float() * ratio).round().long()
+    hits = 0
+    for row in range(ids.shape[0]):
+        words, current = [], []
+        for i in range(int(maskable[row].sum())):
+            if current and not masker.is_continuation[ids[row, i]]:
+                words.append(current)
+                current = []
+            current.append(i)
+        words.append(current)
+        taken = [w for w in words if selected[row, w].all()]
+        assert all(not selected[row, w].any() for w in words if w not in taken), "a word was partly masked"
+        used = sum(len(w) for w in taken)
+        assert used <= budgets[row] or len(taken) == 1
+        room = int(budgets[row]) - used
+        assert all(len(w) > room for w in words if w not in taken), "a word that fits was skipped"
+        hits += used == budgets[row]
+    assert hits >= 0.9 * ids.shape[0]  # nearly every row meets its budget exactly
+
+
 def test_token_level_masking_when_whole_word_is_off(masker, corpus_ids):
     ids = torch.tensor(corpus_ids[0][:100])[None].repeat(200, 1)
     maskable = torch.ones_like(ids, dtype=torch.bool)

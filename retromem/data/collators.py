@@ -278,12 +278,12 @@ class TokenMasker:
     ) -> torch.Tensor:
         """Choose the positions to mask: about ``ratio`` of each row's maskable tokens, whole words.
 
-        Per row, words are taken in a random order while their running token count stays within the
-        budget round(ratio * maskable tokens) (at least one word, so every row has a label), computed
-        with sorting and cumulative sums over the padded batch instead of Python loops. Unlike
-        transformers' whole-word collator, which skips a word that would overrun the budget and tries
-        the next ones, the selection stops at that word, so a row may fall short of the budget by up to
-        one word's tokens less one.
+        Per row, words are visited in a random order and each is taken if it still fits the budget
+        round(ratio * maskable tokens), a word that would overrun it being skipped (transformers'
+        whole-word rule; at least one word, so every row has a label). It is computed over the padded
+        batch with sorting and cumulative sums instead of Python loops: a pass takes the longest run of
+        words (in the random order) that fits among those no longer than the room left, and passes
+        repeat until no word fits, which takes exactly the words the sequential rule takes.
         """
         n, width = input_ids.shape
         if whole_word:
@@ -301,11 +301,22 @@ class TokenMasker:
         word_exists = torch.arange(max_words)[None, :] < n_words[:, None]
         scores = torch.rand(n, max_words, generator=generator).masked_fill_(~word_exists, 2.0)
         order = scores.argsort(dim=1)
-        cumulative = word_len.gather(1, order).cumsum(1)
+        length = word_len.gather(1, order)  # in the random order
+        exists = word_exists.gather(1, order)
         budget = (maskable.sum(1).float() * ratio).round().long().clamp(min=1)
-        take = cumulative <= budget[:, None]
+        take = length.cumsum(1) <= budget[:, None]
         take[:, 0] = True
-        chosen = torch.zeros(n, max_words, dtype=torch.bool).scatter_(1, order, take) & word_exists
+        take &= exists
+        used = (length * take).sum(1)
+        while True:  # the words skipped so far, and the ones after them that still fit
+            room = (budget - used)[:, None]
+            candidate = exists & ~take & (length <= room)
+            if not candidate.any():
+                break
+            add = candidate & ((length * candidate).cumsum(1) <= room)
+            take |= add
+            used += (length * add).sum(1)
+        chosen = torch.zeros(n, max_words, dtype=torch.bool).scatter_(1, order, take)
         chosen = torch.cat([chosen, torch.zeros(n, 1, dtype=torch.bool)], dim=1)
         return chosen.gather(1, slot) & maskable
 
