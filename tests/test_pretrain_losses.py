@@ -114,13 +114,15 @@ def test_linear_cross_entropy_matches_torch(monkeypatch):
         assert torch.allclose(mlm.linear_cross_entropy(hidden, weight, bias, targets), expected)
 
 
-def test_bag_of_words_loss_is_cross_entropy_against_token_counts():
+def test_bag_of_words_loss_is_cross_entropy_against_the_distinct_tokens():
+    # as the reference implementations build the bag: every distinct token once, equally weighted
     torch.manual_seed(0)
-    logits = torch.randn(2, 10)
-    ids = torch.tensor([[0, 3, 3, 5, 0], [0, 7, 2, 0, 0]])
-    positions = torch.tensor([[False, True, True, True, False], [False, True, True, False, False]])
-    target = torch.zeros(2, 10)
-    target[0, 3], target[0, 5], target[1, 7], target[1, 2] = 2 / 3, 1 / 3, 0.5, 0.5
+    logits = torch.randn(3, 10)
+    ids = torch.tensor([[0, 3, 3, 5, 0, 3], [0, 7, 2, 0, 0, 9], [0, 4, 4, 4, 4, 0]])
+    positions = torch.tensor([[False, True, True, True, False, True], [False, True, True, False, False, False],
+                              [False, True, True, True, True, False]])
+    target = torch.zeros(3, 10)
+    target[0, 3], target[0, 5], target[1, 7], target[1, 2], target[2, 4] = 0.5, 0.5, 0.5, 0.5, 1.0
     expected = -(target * torch.log_softmax(logits, -1)).sum(1).mean()
     assert torch.allclose(bag_of_words_loss(logits, ids, positions), expected)
 

@@ -2,7 +2,7 @@
 
 The sentence embedding goes through the encoder's own MLM head (tied to the word embeddings) and
 its softmax over the vocabulary is trained to predict the bag of the input's tokens (cross
-entropy against their normalised counts). Added to the encoder MLM; no extra parameters. Its
+entropy against the uniform distribution over its distinct tokens). Added to the encoder MLM; no extra parameters. Its
 weight decays over training with a cosine, from the spec weight at the start to 0 at the end
 (``bow_decay="none"`` keeps it constant); ``PretrainModel.set_progress(fraction)`` sets the point.
 """
@@ -40,13 +40,19 @@ class BagOfWords(Objective):
 
 
 def bag_of_words_loss(logits: torch.Tensor, token_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of the cross entropy between softmax(logits) (N, V) and each row's token distribution.
+    """Mean over rows of the cross entropy between softmax(logits) (N, V) and each row's bag of words.
 
-    The distribution is the normalised count of the ids at ``positions`` (bool (N, T)), so the
-    loss is the average of -log p(token) over the row's tokens: no (N, V) target is built.
+    The bag is the set of distinct ids at ``positions`` (bool (N, T)), each weighing the same, as
+    both reference implementations build it (DupMAE's collator and Drop-your-Decoder's BoW weights):
+    a word is predicted once however often it occurs, so frequent function words do not dominate the
+    target. The loss is the average of -log p(token) over the row's distinct tokens; no (N, V)
+    target is built.
     """
     log_probs = torch.log_softmax(logits.float(), dim=-1)
-    picked = log_probs.gather(1, token_ids.masked_fill(~positions, 0))
-    weights = positions.float()
+    ids, _ = token_ids.masked_fill(~positions, -1).sort(dim=1)  # the row's tokens, equal ids side by side
+    first = ids >= 0
+    first[:, 1:] &= ids[:, 1:] != ids[:, :-1]
+    picked = log_probs.gather(1, ids.clamp(min=0))
+    weights = first.float()
     per_row = -(picked * weights).sum(1) / weights.sum(1).clamp(min=1.0)
     return per_row.mean()

@@ -2,7 +2,8 @@
 
 Besides RetroMAE's decoder loss (reported as ``loss_dupmae``) and the encoder MLM, the encoder's
 MLM logits are max-pooled over every non-[CLS] position into one vocabulary-sized vector per text,
-log-softmaxed, and scored by cross entropy against the input's token distribution (reported as
+log-softmaxed, and scored by cross entropy against the input's token distribution, uniform over its
+distinct tokens as the reference collator builds it (:func:`bag_of_words_loss`; reported as
 ``loss_dupmae_bow``, weight ``dupmae_bow_weight`` times the spec weight). This trains the token
 states to summarise the text lexically, the "second" embedding of the duplex model.
 
@@ -41,7 +42,7 @@ class DupMAE(RetroMAE):
 
 
 def token_bag_loss(encoded: EncoderPass) -> torch.Tensor:
-    """Cross entropy of the max-pooled MLM logits (non-[CLS] positions) against the input's token distribution."""
+    """Cross entropy of the max-pooled MLM logits (non-[CLS] positions) against the input's distinct tokens."""
     head = encoded.mlm_head
     pool_positions = encoded.attention_mask.bool().clone()
     pool_positions[:, 0] = False
