@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -180,16 +182,71 @@ def test_weights_scale_the_total(tokenizer):
     assert torch.allclose(out["loss"], 0.5 * out["loss_mlm"])
 
 
-def test_cast_weight_is_shared_until_the_weight_changes():
+def test_cast_weight_is_shared_within_one_forward_pass_only():
     weight = torch.nn.Parameter(torch.randn(50, 16))
-    first = mlm.cast_weight(weight, torch.bfloat16)
-    assert first.dtype == torch.bfloat16 and torch.equal(first, weight.detach().bfloat16())
-    assert mlm.cast_weight(weight, torch.bfloat16) is first  # one cast per step, shared by every loss
-    with torch.no_grad():
-        weight.add_(1.0)  # what an optimizer step does
-    second = mlm.cast_weight(weight, torch.bfloat16)
-    assert second is not first and torch.equal(second, weight.detach().bfloat16())
+    with mlm.shared_casts():
+        first = mlm.cast_weight(weight, torch.bfloat16)
+        assert first.dtype == torch.bfloat16 and torch.equal(first, weight.detach().bfloat16())
+        assert mlm.cast_weight(weight, torch.bfloat16) is first  # one cast per pass, shared by every loss
+    with mlm.shared_casts():
+        assert mlm.cast_weight(weight, torch.bfloat16) is not first  # the next pass casts afresh
+    assert mlm.cast_weight(weight, torch.bfloat16) is not mlm.cast_weight(weight, torch.bfloat16)  # no block
     assert mlm.cast_weight(weight, torch.float32).data_ptr() == weight.data_ptr()  # no copy at its own dtype
+
+
+def test_fused_adamw_steps_reach_the_next_forward_under_autocast(tokenizer):
+    # fused AdamW (transformers' default optimizer) updates weights without bumping their version
+    # counter: a cast kept across steps would project every later step onto the first step's matrix
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "retromae+bow", tokenizer=tokenizer)
+    collator = model.collator(max_length=32, generator=torch.Generator().manual_seed(0))
+    batch = collator([{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(**batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    fresh = copy.deepcopy(model)  # new parameter objects: nothing cached for them
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trained, copied = model(**batch), fresh(**batch)
+    for name in ("loss_mlm", "loss_bow"):  # (RetroMAE's decoder draws its attention rows afresh every pass)
+        torch.testing.assert_close(trained[name], copied[name], rtol=0, atol=0)
+
+
+def test_linear_cross_entropy_gradients_survive_fp16():
+    # in fp16 a (softmax - onehot) / rows of about 1e-8 flushes to zero; the products must see the
+    # unscaled gradient. Checked without a GPU under the CPU's fp16 autocast.
+    torch.manual_seed(0)
+    rows, vocab, hidden_size = 4000, 3000, 16
+    hidden = (torch.randn(rows, hidden_size) * 0.5).requires_grad_()
+    weight = torch.nn.Parameter(torch.randn(vocab, hidden_size) * 0.5)
+    targets = torch.randint(vocab, (rows,))
+    expected = torch.nn.functional.cross_entropy(torch.nn.functional.linear(hidden, weight), targets)
+    expected.backward()
+    reference = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = mlm.linear_cross_entropy(hidden, weight, None, targets)
+    (loss * 65536.0).backward()  # what a GradScaler does
+    for grad, ref in zip((hidden.grad / 65536.0, weight.grad / 65536.0), reference):
+        assert (torch.linalg.norm(grad - ref) / torch.linalg.norm(ref)).item() < 0.005
+
+
+def test_linear_cross_entropy_computes_no_gradients_under_no_grad(monkeypatch):
+    seen = []
+    original = mlm._LinearCrossEntropy.apply
+    monkeypatch.setattr(mlm._LinearCrossEntropy, "apply",
+                        staticmethod(lambda h, w, b, t: seen.append(h.requires_grad or w.requires_grad)
+                                     or original(h, w, b, t)))
+    hidden = torch.randn(8, 4, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(10, 4))
+    with torch.no_grad():
+        loss = mlm.linear_cross_entropy(hidden, weight, None, torch.randint(10, (8,)))
+    assert not loss.requires_grad and seen == [False]  # no gradient products computed for nothing
+    mlm.linear_cross_entropy(hidden, weight, None, torch.randint(10, (8,))).backward()
+    assert seen == [False, True] and hidden.grad is not None
 
 
 def test_linear_cross_entropy_under_bf16_autocast_matches_float32(monkeypatch):
@@ -298,3 +355,14 @@ def test_enhanced_decoding_streams(tokenizer):
     torch.testing.assert_close(seen["content"][:, 0], sentences["cls"])
     torch.testing.assert_close(seen["query"], expected_query)
     assert seen["mask"].shape == (n, 1, t, t)
+
+
+@pytest.mark.parametrize("spec", ["mlm", "bow", "retromae+bow", "dupmae", "cotmae"])
+def test_a_model_loaded_in_bf16_runs_without_autocast(tokenizer, spec):
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), spec, tokenizer=tokenizer).to(torch.bfloat16)
+    collator = model.collator(max_length=32, generator=torch.Generator().manual_seed(0))
+    output = model(**collator([{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES]))
+    output["loss"].backward()
+    assert torch.isfinite(output["loss"]).item()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -13,7 +13,8 @@ RetroMAE step (every token is reconstructed), are never materialised.
 
 from __future__ import annotations
 
-import weakref
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -68,6 +69,9 @@ def linear_cross_entropy(
     """
     if targets.shape[0] > hidden.shape[0]:
         raise ValueError(f"{targets.shape[0]} targets for {hidden.shape[0]} rows")
+    if not torch.is_grad_enabled():  # the function would see inputs that require grad and compute gradients
+        hidden, weight = hidden.detach(), weight.detach()
+        bias = bias.detach() if bias is not None else None
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets)
 
 
@@ -105,19 +109,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 total += (row_max + sums.log() - picked)[:real].sum()
                 if not (need_h or need_w or need_b):
                     continue
-                grad = exps.mul_(scale / sums)  # softmax / rows
-                grad.scatter_add_(1, index, torch.full_like(index, -scale, dtype=grad.dtype))  # d(mean loss)/d logits
+                # d(summed loss)/d logits = softmax - one-hot, in [-1, 1]; the 1/rows of the mean is
+                # applied to the products in float32, so that fp16 does not flush small entries to zero
+                grad = exps.div_(sums)
+                grad.scatter_add_(1, index, torch.full_like(index, -1.0, dtype=grad.dtype))
                 grad[real:] = 0
                 if need_b:
                     grad_b += grad.sum(0)
                 g = grad.to(dtype)
                 if need_h:
-                    grad_h[start:stop] = torch.matmul(g, w)
+                    grad_h[start:stop] = torch.matmul(g, w).to(softmax_dtype).mul_(scale)
                 if need_w:
                     part = torch.matmul(g.t(), chunk)
                     grad_w = part.to(softmax_dtype) if grad_w is None else grad_w.add_(part)
         if need_w and grad_w is None:  # no rows
             grad_w = torch.zeros(w.shape, dtype=softmax_dtype, device=w.device)
+        if need_w:
+            grad_w.mul_(scale)
+        if need_b:
+            grad_b.mul_(scale)
         # kept on ctx, not saved: backward scales these buffers in place, once
         ctx.grads = (grad_h, grad_w, grad_b)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
@@ -136,25 +146,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def cast_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``weight.to(dtype)``, cast once while ``weight`` is unchanged (detached).
+    """``weight.to(dtype)`` (detached), converted once per forward pass inside :func:`shared_casts`.
 
     Every vocabulary loss of a step (encoder MLM, decoder reconstruction, DupMAE's bag of words)
-    projects onto the same (V, H) word-embedding matrix: it is converted to the autocast dtype
-    once per step instead of once per loss. The cache holds one entry per weight tensor and is
-    invalidated by any in-place change of the weight (its version counter), e.g. the optimizer step.
+    projects onto the same (V, H) word-embedding matrix: within one ``shared_casts()`` block (a
+    ``PretrainModel`` forward) it is converted to the autocast dtype once instead of once per loss.
+    The cast lives only as long as the block: an optimizer may change the weight in place without
+    any sign a cache could see (fused AdamW leaves the version counter alone), so nothing is
+    reused across steps. Outside a block every call casts.
     """
     if weight.dtype == dtype:
         return weight.detach()
-    key = id(weight)
-    entry = _CAST_CACHE.get(key)
-    if entry is not None:
-        ref, version, cached = entry
-        if ref() is weight and version == weight._version and cached.dtype == dtype:
-            return cached
-    cast = weight.detach().to(dtype)
-    _CAST_CACHE[key] = (weakref.ref(weight, lambda _, key=key: _CAST_CACHE.pop(key, None)), weight._version, cast)
-    return cast
+    if not _CAST_SCOPES:
+        return weight.detach().to(dtype)
+    scope = _CAST_SCOPES[-1]
+    entry = scope.get((id(weight), dtype))
+    if entry is None or entry[0] is not weight:
+        entry = scope[(id(weight), dtype)] = (weight, weight.detach().to(dtype))
+    return entry[1]
 
 
-#: id(weight) -> (weak reference to it, its version when cast, the cast)
-_CAST_CACHE: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+@contextlib.contextmanager
+def shared_casts() -> Iterator[None]:
+    """Within the block (one forward pass, over which the weights do not change), :func:`cast_weight`
+    converts each weight once."""
+    _CAST_SCOPES.append({})
+    try:
+        yield
+    finally:
+        _CAST_SCOPES.pop()
+
+
+#: open shared_casts() blocks, innermost last: (id(weight), dtype) -> (weight, its cast)
+_CAST_SCOPES: list[dict[tuple[int, torch.dtype], tuple[torch.Tensor, torch.Tensor]]] = []

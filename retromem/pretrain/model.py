@@ -35,6 +35,7 @@ from retromem.data.collators import PretrainCollator, TokenMasker
 from retromem.errors import MismatchError, MissingDataError, RetromemError
 from retromem.io import read_json, write_json_atomic
 from retromem.model_paths import resolve_model_path
+from retromem.pretrain.mlm import shared_casts
 from retromem.pretrain.objective import EncoderPass, ObjectiveError, ObjectivePlan
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,11 @@ class PretrainModel(nn.Module):
         if decoder_input_ids is not None:
             batch["decoder_input_ids"] = decoder_input_ids
             batch["decoder_labels"] = decoder_labels
+        with shared_casts():  # the vocabulary matrix is cast to the autocast dtype once for every loss
+            return self._forward(batch)
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         output = self.encoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -343,6 +349,11 @@ class MLMHead(nn.Module):
         the float32 product of a few rows.
         """
         with torch.autocast(hidden.device.type, enabled=False):
+            low = next((p.dtype for p in self.transform.parameters() if p.dtype in (torch.float16, torch.bfloat16)),
+                       None)
+            if low is not None:  # a model loaded in half precision: the transform runs in it, the product in float32
+                transformed = self.transform(hidden.to(low)).float()
+                return nn.functional.linear(transformed, self.vocab_weight.float(), self.bias.float())
             return nn.functional.linear(self.transform(hidden.float()), self.vocab_weight, self.bias)
 
     @classmethod
