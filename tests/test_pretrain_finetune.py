@@ -383,3 +383,31 @@ def test_dropped_pairs_are_reported_and_the_hint_names_the_score_ratio(tmp_path,
     _, settings = build_model(config)
     with pytest.raises(RetromemError, match="raise --mine-max-score-ratio"):
         build_examples(config, settings)
+
+
+def test_cached_mnrl_trains_as_mnrl_does_and_a_mining_model_gives_the_tuples(tmp_path, tiny_model_dir, tiny_st_dir,
+                                                                             toy_beir):
+    # GradCache computes the same loss in mini-batches: the first step's loss is MNRL's (without
+    # dropout, whose masks the two draw differently)
+    from transformers import AutoConfig, AutoModel
+
+    model = tmp_path / "no-dropout"
+    config = AutoConfig.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    AutoModel.from_pretrained(tiny_model_dir, config=config).save_pretrained(model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(tiny_model_dir) / name, model / name)
+    common = dict(max_steps=1, hard_negatives=1, mining_model=str(tiny_st_dir), warmup_ratio=0.0)
+    plain = finetune(_config(tmp_path / "plain", model, toy_beir, **common))
+    cached = finetune(_config(tmp_path / "cached", model, toy_beir, loss="cached-mnrl", mini_batch_size=3, **common))
+    plain_info = json.loads((plain / "finetune_run.json").read_text())
+    cached_info = json.loads((cached / "finetune_run.json").read_text())
+    assert cached_info["config"]["loss"] == "cached-mnrl"
+    assert cached_info["train_loss"] == pytest.approx(plain_info["train_loss"], rel=1e-5)
+    # the tuples came from the mining model (mean pooling), not from the [CLS] model being trained
+    assert plain_info["config"]["mining_model"] == str(tiny_st_dir)
+    examples_file = tmp_path / "plain" / "run" / "train_examples.jsonl"
+    assert examples_file.read_text() == (tmp_path / "cached" / "run" / "train_examples.jsonl").read_text()
+    own = build_examples(_config(tmp_path / "own", model, toy_beir, hard_negatives=1),
+                         build_model(_config(tmp_path / "own", model, toy_beir))[1])[0]
+    mined = [json.loads(line) for line in examples_file.read_text().splitlines()]
+    assert [e["negative_1"] for e in own] != [e["negative_1"] for e in mined]
