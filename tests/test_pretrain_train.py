@@ -388,6 +388,18 @@ def test_rerunning_a_finished_run_trains_no_further_step(tiny_model, corpus, tmp
     assert (final / "training_loss.png").is_file()  # plotted from the checkpoint's log history
 
 
+def test_a_finished_run_trains_on_with_more_steps_and_refuses_fewer_or_other_rates(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    pretrain(make_config(tiny_model, corpus, out, max_steps=2, save_steps=2, objective="mlm"))
+    with pytest.raises(MismatchError, match="learning_rate"):
+        pretrain(make_config(tiny_model, corpus, out, max_steps=4, save_steps=2, objective="mlm", learning_rate=5e-4))
+    final = pretrain(make_config(tiny_model, corpus, out, max_steps=4, save_steps=2, objective="mlm"))
+    run = json.loads((final / "training_run.json").read_text())
+    assert run["global_step"] == 4 and run["resumed_from"] == str(out / "checkpoint-2")
+    with pytest.raises(RetromemError, match="past this run's 3 steps"):
+        pretrain(make_config(tiny_model, corpus, out, max_steps=3, save_steps=2, objective="mlm"))
+
+
 def test_continuing_from_final_keeps_its_objective_and_options(tiny_model, corpus, tmp_path):
     first = pretrain(make_config(tiny_model, corpus, tmp_path / "first", max_steps=1, objective="cotmae",
                                  objective_options={"decoder_mask_ratio": 0.3}))

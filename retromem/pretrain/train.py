@@ -67,7 +67,9 @@ FINAL_DIR = "final"
 DEFAULT_OBJECTIVE = "retromae"
 #: Config fields that must agree between a run and the run it resumes (the rest may change, e.g. logging).
 _RESUME_MUST_MATCH = ("model", "objective", "objective_options", "from_scratch", "max_length",
-                      "per_device_batch_size", "gradient_accumulation_steps")
+                      "per_device_batch_size", "gradient_accumulation_steps", "data", "tokenizer", "text_field",
+                      "title_field", "min_segment_length", "streaming", "learning_rate", "head_learning_rate",
+                      "head_warmup_steps", "lr_scheduler", "warmup", "weight_decay", "max_grad_norm", "seed")
 
 
 @dataclass
