@@ -9,7 +9,8 @@ the step, and the ratios the issue sets goals for:
 - bow at least 0.9x the speed of mlm, and at least 2x retromae (enhanced decoding);
 - retromae at least 1.5x faster a step than the reference RetroMAE implementation, and its collator
   at least 10x faster. The reference cannot run here, so its figures are the ones QUOTED in issue 3
-  (staoxiao/RetroMAE, transformers 4.x, MiniLM, batch 16 x 128 on this machine).
+  (staoxiao/RetroMAE, transformers 4.x, MiniLM, batch 16 x 128, measured on the earlier development
+  machine: 2 cores of an AMD EPYC).
 
 A "sample" is one training example (one segment; for cotmae one pair of neighbouring spans, so its
 encoder sees twice the rows). Each objective keeps its own default mask ratios (mlm 15%, the others
@@ -55,7 +56,8 @@ ARMS = {
     "mlm-30": ("mlm", {"encoder_mask_ratio": 0.3}),
 }
 
-#: Quoted in issue 3, measured on this machine with staoxiao/RetroMAE (transformers 4.x), MiniLM, batch 16.
+#: Quoted in issue 3, measured on the earlier development machine (AMD EPYC, 2 cores) with staoxiao/RetroMAE
+#: (transformers 4.x), MiniLM, batch 16.
 REFERENCE = {
     "source": "issue 3 (quoted figures, not measured by this script)",
     "step_seconds": {"fp32": 6.3, "bf16": 4.9},

@@ -226,7 +226,8 @@ def _run_eval_beir(args) -> int:
 
 def _add_pretrain(sub) -> None:
     p = sub.add_parser(
-        "pretrain", help="pretrain an encoder with a bottlenecked MAE objective (RetroMAE, DupMAE, CoT-MAE, bow, MLM)",
+        "pretrain", help="pretrain an encoder with a bottlenecked MAE objective (RetroMAE, DupMAE, CoT-MAE, bow, MLM, "
+                                 "2D-Matryoshka)",
         description="Pretrain any BERT-like encoder (or a fresh one from a config) on text with the objectives of the "
                     "RetroMAE family, on the HF Trainer: `accelerate launch` / `torchrun` give multi-GPU and "
                     "multi-node data parallelism. Checkpoints go to --output; a rerun resumes from the newest one. "
@@ -245,8 +246,8 @@ def _add_pretrain(sub) -> None:
     p.add_argument("--objective", default=None,
                    help="objectives and weights, '+'-joined: mlm, retromae, dupmae, cotmae, bow, matryoshka; e.g. "
                         "retromae, retromae+bow, mlm:1+bow:0.5, retromae+matryoshka (default: the objective saved "
-                        "in --model when it is a retromem pretraining folder, which continues with its heads and "
-                        "options; else retromae)")
+                        "in --model when it is a retromem pretraining folder and no --tokenizer is given, which "
+                        "continues with its heads and options; else retromae)")
     o = p.add_argument_group("objective options (unset = the objective's default)")
     o.add_argument("--encoder-mask-ratio", type=float,
                    help="share of encoder tokens masked (0.30 with a bottleneck objective, 0.15 for mlm alone)")
@@ -266,12 +267,14 @@ def _add_pretrain(sub) -> None:
     t.add_argument("--text-field", default="text", help="JSONL / datasets field with the text")
     t.add_argument("--title-field", help="JSONL / datasets field put before the text")
     t.add_argument("--id-field", help="JSONL / datasets field with a document id")
-    t.add_argument("--min-segment-length", type=int, help="shorter document pieces are not used (tokens)")
+    t.add_argument("--min-segment-length", type=int,
+                   help="shorter document pieces are not used (tokens; unset: 16, or the segment length when shorter)")
     t.add_argument("--streaming", action="store_true",
                    help="tokenise while training instead of once into the cache (corpora larger than disk; "
                         "needs --max-steps)")
     t.add_argument("--num-proc", type=int, help="processes for tokenising")
-    t.add_argument("--cache-dir", help="tokenised-text cache (default $RETROMEM_CACHE/pretrain_text)")
+    t.add_argument("--cache-dir", help="tokenised-text cache (unset: $RETROMEM_CACHE/pretrain_text, "
+                   "~/.cache/retromem/pretrain_text without it)")
     _add_training_options(p, lr=1e-4, batch=16, save_steps=500)
     p.add_argument("--max-length", type=int, default=128, help="tokens per encoder input (CoT-MAE: per span)")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up: a fraction of the steps (< 1) or steps")
@@ -282,7 +285,7 @@ def _add_pretrain(sub) -> None:
                         "run from a trained encoder")
     p.add_argument("--head-warmup-steps", type=int, default=0,
                    help="first steps in which only the heads train (encoder frozen), so that the encoder's first "
-                        "gradients come through trained heads; part of the step budget (default 0)")
+                        "gradients come through trained heads; part of the step budget")
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.set_defaults(func=_run_pretrain)
 

@@ -109,6 +109,16 @@ def test_streaming_gives_the_same_segments_without_a_cache(tokenizer, tmp_path):
     assert [r["input_ids"] for r in streamed_hf] == [r["input_ids"] for r in stored]
 
 
+def test_a_streamed_glob_is_one_shard_per_file(tokenizer, tmp_path):
+    # under a launcher, accelerate gives each process whole shards when there are enough of them
+    for i, text in enumerate(DOCS.values()):
+        (tmp_path / f"part-{i}.txt").write_text(text + "\n", encoding="utf-8")
+    streamed = load([str(tmp_path / "part-*.txt")], tokenizer, tmp_path / "s", streaming=True)
+    assert streamed.n_shards == len(DOCS)
+    stored = load([str(tmp_path / "part-*.txt")], tokenizer, tmp_path / "c")
+    assert [r["input_ids"] for r in streamed] == [r["input_ids"] for r in stored]
+
+
 def test_parallel_tokenisation_matches(tokenizer, tmp_path):
     path = tmp_path / "wiki.txt"
     path.write_text("\n".join(list(DOCS.values()) * 20) + "\n", encoding="utf-8")

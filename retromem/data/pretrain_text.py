@@ -264,10 +264,12 @@ def _document_dataset(sources: list[TextSource], work: Path) -> datasets.Dataset
 
 def _stream_segments(sources: list[TextSource], cut: dict) -> datasets.IterableDataset:
     parts = []
-    readers = [s for s in sources if s.kind != "datasets"]
+    # one shard per file: under a launcher each process then reads whole files of its own when there
+    # are at least as many files as processes (else every n-th batch of the one stream)
+    readers = [{**asdict(s), "files": [name]} for s in sources if s.kind != "datasets" for name in s.files]
     if readers:
         parts.append(datasets.IterableDataset.from_generator(
-            _read_documents, features=_DOCUMENT_FEATURES, gen_kwargs={"sources": [asdict(s) for s in readers]},
+            _read_documents, features=_DOCUMENT_FEATURES, gen_kwargs={"sources": readers},
         ))
     for source in sources:
         if source.kind == "datasets":

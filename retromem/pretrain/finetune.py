@@ -828,7 +828,7 @@ def _refuse_changed_run(config: FinetuneConfig, data_key: str, checkpoint: Path,
         changed.append("training data / mining settings")
     if changed:
         raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it; "
-                            "use the same options, or another --output-dir to start afresh")
+                            "use the same options, or another --output to start afresh")
 
 
 def _finished_before(final: Path, config: FinetuneConfig, inputs: dict[str, Any]) -> bool:

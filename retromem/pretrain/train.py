@@ -439,7 +439,7 @@ def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str
     # dispatches as slices of the concatenated batches of all processes: that needs batches of one width and
     # row count, which the collator (each batch padded to its longest text, short texts dropped) does not
     # give, and slicing would split CoT-MAE's span pairs. Each process reads its own share instead
-    # (by shards of the data files when there are enough, else every n-th batch).
+    # (whole data files when there are at least as many as processes, else every n-th batch).
     accelerator_config = {"dispatch_batches": False} if config.streaming else None
     return TrainingArguments(
         accelerator_config=accelerator_config,
@@ -481,7 +481,7 @@ def _refuse_changed_run(config: PretrainConfig, checkpoint: Path, previous: dict
     if changed:
         raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
                             f"({', '.join(f'{k}={previous[k]!r}' for k in changed)}); use the same options, or "
-                            "another --output-dir to start afresh")
+                            "another --output to start afresh")
 
 
 def _report_callbacks(config: PretrainConfig, output_dir: Path) -> list[TrainerCallback]:

@@ -117,7 +117,7 @@ def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: 
     if resume == "never":
         if existing:
             raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...): resume them with "
-                                "--resume auto, or choose another --output-dir")
+                                "--resume auto, or choose another --output")
         return None
     if resume != "auto":
         checkpoint = Path(resume)
@@ -130,7 +130,7 @@ def checkpoint_to_resume(resume: str, output_dir: Path, run_file: str, is_main: 
     foreign = checkpoint.resolve().parent != output_dir.resolve()
     if foreign and existing:
         raise RetromemError(f"{output_dir} already holds checkpoints ({existing[-1].name}, ...) of another run: resume "
-                            f"{checkpoint} into an empty --output-dir, or resume {output_dir}'s own with --resume auto")
+                            f"{checkpoint} into an empty --output, or resume {output_dir}'s own with --resume auto")
     settings_file = checkpoint.parent / run_file if foreign else output_dir / run_file
     if settings_file.exists():
         refuse_changed(checkpoint, read_json(settings_file))
@@ -160,7 +160,7 @@ def run_complete(checkpoint: Path, max_steps: int, epochs: float) -> bool:
     if max_steps > 0:
         if step > max_steps:
             raise RetromemError(f"{checkpoint} is at step {step}, past this run's {max_steps} steps: give --max-steps "
-                                f"{step} or more to finish from it, or another --output-dir to start afresh")
+                                f"{step} or more to finish from it, or another --output to start afresh")
         complete = step == max_steps
     else:
         epoch = float(state.get("epoch") or 0.0)
@@ -168,7 +168,7 @@ def run_complete(checkpoint: Path, max_steps: int, epochs: float) -> bool:
         complete = epoch >= epochs * (1 - 1e-9)
         if complete and per_step and epoch - epochs >= per_step * (1 - 1e-6):
             raise RetromemError(f"{checkpoint} has trained {epoch:g} epochs, past this run's {epochs:g}: give "
-                                f"--epochs {epoch:g} or more to finish from it, or another --output-dir to start "
+                                f"--epochs {epoch:g} or more to finish from it, or another --output to start "
                                 "afresh")
     if not complete and step >= state.get("max_steps", float("inf")):
         log.info("%s ended a run of %d steps: training on to this run's %s", checkpoint, step,
