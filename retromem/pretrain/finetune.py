@@ -285,7 +285,8 @@ def finetune(config: FinetuneConfig) -> Path:
     config.validate()
     output_dir = Path(config.output_dir)
     final = output_dir / FINAL_DIR
-    if _finished_before(final, config, input_digests(config)):
+    inputs = input_digests(config)
+    if _finished_before(final, config, inputs):
         log.info("%s already holds this fine-tuning run's result; nothing to do", final)
         return final
     precision = resolve_precision(config.precision)
@@ -318,7 +319,6 @@ def finetune(config: FinetuneConfig) -> Path:
         dataloader_num_workers=0,
     )
     is_main = args.process_index == 0
-    inputs = input_digests(config)
     data_key = _data_key(config, settings, inputs)
     checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, is_main,
                                       functools.partial(_refuse_changed_run, config, data_key))
