@@ -56,3 +56,17 @@ def test_summary_table_shows_both_baselines_and_the_verdict(pq):
     assert "minus (a), paired" in table and "minus (b), paired" in table
     assert "| (f) dupmae | dupmae | 42,43 | 0.6200 |" in table
     assert table.rstrip().endswith("(a 95% interval includes 0)")
+
+
+def test_a_finished_runs_checkpoints_are_dropped_and_its_models_kept(pq, tmp_path):
+    arm = tmp_path / "arms" / "c-retromae" / "seed-42"
+    for stage in ("pretrain", "finetune"):
+        for folder in ("checkpoint-100", "checkpoint-200", "final"):
+            (arm / stage / folder).mkdir(parents=True)
+            (arm / stage / folder / "model.safetensors").write_bytes(b"x")
+    (arm / "finetune" / "train_examples.jsonl").write_text("{}\n")
+    pq.drop_checkpoints(arm)
+    left = sorted(str(p.relative_to(arm)) for p in arm.rglob("*") if p.is_file())
+    assert left == ["finetune/final/model.safetensors", "finetune/train_examples.jsonl",
+                    "pretrain/final/model.safetensors"]
+    assert "keep_checkpoints" in pq._RUN_ONLY_SETTINGS  # not a setting that makes other results
