@@ -293,7 +293,7 @@ def finetune(config: FinetuneConfig) -> Path:
     started = time.perf_counter()
     if not has_accelerator():
         keep_freed_memory()  # large tensors reuse freed heap memory instead of page-faulting in fresh mmaps
-    model, settings = build_model(config)
+    model, settings = build_model(config, fingerprint=inputs["model"])
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=config.batch_size,
@@ -365,14 +365,15 @@ def finetune(config: FinetuneConfig) -> Path:
     return final
 
 
-def build_model(config: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
+def build_model(config: FinetuneConfig, fingerprint: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The ``SentenceTransformer`` to train (Transformer + Pooling + optional Normalize) and its settings.
 
     A folder with ``modules.json`` loads through ``SentenceTransformer`` (its pooling, normalisation,
     length and prompts are the defaults); a bare Hugging Face folder gets Transformer + Pooling built
     here. Modules retromem's encoder cannot reproduce (Dense, LayerNorm...) are refused. The settings
     (pooling, normalize, max_length, query_prefix, passage_prefix, model_path, fingerprint) are what
-    mining's encoder uses and what the saved model records.
+    mining's encoder uses and what the saved model records; ``fingerprint``, when the caller already
+    has the model's (:func:`input_digests`), saves hashing its weights again.
     """
     path = resolve_model_path(config.model)
     folder_settings = read_sentence_transformers_config(path) if Path(path).is_dir() else {}
@@ -398,7 +399,7 @@ def build_model(config: FinetuneConfig) -> tuple[Any, dict[str, Any]]:
         "passage_prefix": (config.passage_prefix if config.passage_prefix is not None
                            else prompts.get("document", prompts.get("passage", prompts.get("corpus", "")))),
         "model_path": path,
-        "fingerprint": model_fingerprint(path),
+        "fingerprint": fingerprint or model_fingerprint(path),
     }
     transformer.max_seq_length = settings["max_length"]
     modules = [transformer, Pooling(transformer.get_embedding_dimension(), pooling_mode=settings["pooling"])]
