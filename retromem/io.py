@@ -69,14 +69,53 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
-def open_text(path: str | Path):
-    """Open a text file for reading, transparently decompressing ``.gz``."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        import gzip
+def open_text(path: str | Path) -> TextLines:
+    """Open a UTF-8 text file (``.gz`` decompressed) for reading line by line; see :class:`TextLines`."""
+    return TextLines(path)
 
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+
+class TextLines:
+    """The lines of a UTF-8 text file, decoded one at a time, as a context manager and an iterator.
+
+    Bytes that are not UTF-8, or a truncated ``.gz``, raise a :class:`DataError` naming the file and
+    the line (a plain ``open`` would raise a ``UnicodeDecodeError`` naming neither). A byte-order mark
+    at the start is dropped. Lines keep their line ending as it is in the file (``\\r\\n`` too).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if self.path.suffix == ".gz":
+            import gzip
+
+            self._handle = gzip.open(self.path, "rb")  # noqa: SIM115 (closed by close()/__exit__)
+        else:
+            self._handle = open(self.path, "rb")  # noqa: SIM115
+
+    def __enter__(self) -> TextLines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __iter__(self) -> Iterator[str]:
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(self._handle, start=1):
+                try:
+                    yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(
+                        f"not UTF-8 text (byte 0x{raw[err.start]:02x} at byte {err.start + 1} of the line)",
+                        self.path, lineno, "convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > NEW",
+                    ) from None
+        except (EOFError, OSError) as err:  # gzip: truncated or not gzip at all
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise DataError(f"cannot read this line: {err}", self.path, lineno + 1,
+                            "the compressed file is truncated or damaged: fetch it again") from err
 
 
 def count_lines(path: str | Path) -> int | None:

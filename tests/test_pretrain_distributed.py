@@ -50,7 +50,8 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
 def test_two_cpu_processes_end_with_identical_weights(tmp_path, streaming):
     """Cached text with retromae+bow; streamed text with cotmae (pairs of spans) and texts of many lengths,
-    so that the two ranks' batches differ in width (each rank reads its own share of the stream)."""
+    so that the two ranks' batches differ in width (each rank reads its own share of the stream), from three
+    files, which cannot be shared out whole between two processes."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     model_dir = tmp_path / "tiny-bert"
     BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -59,11 +60,15 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path, streaming):
     words = ["the", "lobster", "sea", "claw", "shell", "ocean", "species", "blue", "red", "game", "battle", "unit",
              "squad", "map", "city", "river"]
     rng = random.Random(0)
-    corpus = tmp_path / "corpus.txt"
     lengths = [rng.randint(8, 60) if streaming else 40 for _ in range(100)]
-    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(n)) for n in lengths), encoding="utf-8")
+    lines = [" ".join(rng.choice(words) for _ in range(n)) for n in lengths]
+    # streamed: three files, which cannot split evenly between two processes (each reads the one stream)
+    parts = 3 if streaming else 1
+    for part in range(parts):
+        (tmp_path / f"corpus-{part}.txt").write_text("\n".join(lines[part::parts]), encoding="utf-8")
     out = tmp_path / "run"
-    config = {"data": [str(corpus)], "output_dir": str(out), "model": str(model_dir), "from_scratch": True,
+    config = {"data": [str(tmp_path / "corpus-*.txt")], "output_dir": str(out), "model": str(model_dir),
+              "from_scratch": True,
               "objective": "cotmae" if streaming else "retromae+bow", "streaming": streaming, "min_segment_length": 4,
               "max_length": 32, "per_device_batch_size": 4, "max_steps": 3,
               "save_steps": 100, "logging_steps": 1, "learning_rate": 1e-3, "precision": "fp32",

@@ -18,6 +18,7 @@ from retromem.pretrain.objective import (
 def test_parse_names_and_weights():
     assert parse_objective_spec("retromae") == [("retromae", None)]
     assert parse_objective_spec(" MLM:1.0 + bow:0.5 ") == [("mlm", 1.0), ("bow", 0.5)]
+    assert parse_objective_spec("mlm:0+bow:.5+retromae:2e-1") == [("mlm", 0.0), ("bow", 0.5), ("retromae", 0.2)]
     assert set(REGISTRY) == {"mlm", "retromae", "dupmae", "cotmae", "bow", "matryoshka"}
 
 
@@ -27,9 +28,13 @@ def test_parse_names_and_weights():
         ("", "empty objective"),
         ("retromea", "did you mean 'retromae'"),
         ("retromae+", "empty part"),
-        ("mlm:abc", "not a number"),
+        ("mlm:abc", "plain number"),
         ("mlm:-1", ">= 0"),
         ("mlm:nan", ">= 0"),
+        ("retromae:", "leave out the ':'"),
+        ("retromae:1_0", "plain number"),  # float() would read 10
+        ("retromae:1e-400", "too small"),  # would be 0: the loss silently off
+        ("bow:1e400", "too large"),
         ("bow+bow:2", "appears twice"),
     ],
 )

@@ -117,6 +117,12 @@ def test_a_streamed_glob_is_one_shard_per_file(tokenizer, tmp_path):
     assert streamed.n_shards == len(DOCS)
     stored = load([str(tmp_path / "part-*.txt")], tokenizer, tmp_path / "c")
     assert [r["input_ids"] for r in streamed] == [r["input_ids"] for r in stored]
+    three = load([str(tmp_path / "part-*.txt")], tokenizer, tmp_path / "s", streaming=True, processes=3)
+    assert three.n_shards == 3
+    # 3 files cannot split evenly among 2 processes: one shard, of which each keeps every other batch
+    two = load([str(tmp_path / "part-*.txt")], tokenizer, tmp_path / "s", streaming=True, processes=2)
+    assert two.n_shards == 1
+    assert [r["input_ids"] for r in two] == [r["input_ids"] for r in stored]
 
 
 def test_parallel_tokenisation_matches(tokenizer, tmp_path):
@@ -161,6 +167,61 @@ def test_jsonl_line_without_the_text_field_names_file_and_line(tokenizer, tmp_pa
             load([str(path)], tokenizer, tmp_path, streaming=streaming)
         assert err.value.path == path and err.value.line == 3
         assert f"{path}:3" in str(err.value) and "'text'" in str(err.value) and "--text-field" in str(err.value)
+
+
+def test_text_that_is_not_utf8_names_file_and_line(tokenizer, tmp_path):
+    text = tmp_path / "latin1.txt"
+    text.write_bytes("\ufeff".encode() + DOCS["d1"].encode() + b"\ncaf\xe9 au lait\n")
+    jsonl = tmp_path / "latin1.jsonl"
+    jsonl.write_bytes(json.dumps({"text": DOCS["d2"]}).encode() + b"\n" + b'{"text": "caf\xe9"}\n')
+    for path in (text, jsonl):
+        for streaming in (False, True):
+            with pytest.raises(DataError) as err:
+                load([str(path)], tokenizer, tmp_path, streaming=streaming)
+            assert err.value.path == path and err.value.line == 2 and "not UTF-8" in str(err.value)
+            assert "iconv" in str(err.value)
+    text.write_bytes("\ufeff".encode() + DOCS["d1"].encode() + b"\n")  # a byte-order mark is not text
+    assert by_doc(load([str(text)], tokenizer, tmp_path))["latin1.txt:1"][0] == ids(tokenizer, DOCS["d1"])[:8]
+
+
+def test_truncated_gzip_names_the_line_it_stopped_at(tokenizer, tmp_path):
+    import gzip
+
+    whole = gzip.compress(("\n".join([DOCS["d1"]] * 2000) + "\n").encode())
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match="truncated or damaged") as err:
+        load([str(path)], tokenizer, tmp_path)
+    assert err.value.path == path and err.value.line > 1
+
+
+def test_datasets_sources_are_read_file_by_file(tokenizer, tmp_path):
+    # a bad row is reported in its own file, with its row number there
+    good, bad = tmp_path / "a.csv", tmp_path / "b.csv"
+    good.write_text("text\n" + "".join(f'"{DOCS["d1"]}"\n' for _ in range(5)), encoding="utf-8")
+    bad.write_text(f'text\n"{DOCS["d2"]}"\n""\n', encoding="utf-8")
+    for streaming in (False, True):
+        with pytest.raises(DataError) as err:
+            load([f"datasets:{tmp_path}/*.csv"], tokenizer, tmp_path, streaming=streaming)
+        assert err.value.path == bad and "row 2 " in str(err.value)
+    # streamed CSV and text files know their columns only once read
+    for path, body in ((tmp_path / "c.csv", f'id,text\nx,"{DOCS["d1"]}"\n'), (tmp_path / "d.txt", DOCS["d1"] + "\n")):
+        path.write_text(body, encoding="utf-8")
+        streamed = load([f"datasets:{path}"], tokenizer, tmp_path, streaming=True)
+        assert [r["input_ids"] for r in streamed] == expected_segments(ids(tokenizer, DOCS["d1"]), 8, 4)
+
+
+def test_a_saved_data_set_folder_is_left_as_it_was_and_its_cache_reused(tokenizer, tmp_path):
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": [DOCS["d1"], DOCS["d2"]]}).save_to_disk(str(folder))
+    before = sorted(p.name for p in folder.iterdir())
+    first = load([f"datasets:{folder}"], tokenizer, tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == before  # nothing written into the user's folder
+    again = load([f"datasets:{folder}"], tokenizer, tmp_path)
+    assert [r["input_ids"] for r in again] == [r["input_ids"] for r in first]
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
 
 
 def test_empty_corpus_missing_file_and_too_short_texts(tokenizer, tmp_path):

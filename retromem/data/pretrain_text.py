@@ -93,13 +93,16 @@ def load_pretrain_segments(
     num_proc: int | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    processes: int = 1,
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Return the segments of every document of ``sources``, tokenised by ``tokenizer``.
 
     Each row is ``{"input_ids": list[int] (1..segment_length ordinary tokens), "doc_id": str,
     "segment": int}``. ``text_field``/``title_field``/``id_field`` apply to JSONL and ``datasets``
-    sources given as strings. Raises :class:`DataError` for an empty corpus or bad lines and
-    :class:`MissingDataError` for a missing file.
+    sources given as strings. ``processes`` is the number of training processes that will read a
+    streamed corpus: with as many files as processes, or a multiple, each reads whole files of its own;
+    otherwise each reads the whole stream and keeps its share of the batches. Raises
+    :class:`DataError` for an empty corpus or bad lines and :class:`MissingDataError` for a missing file.
     """
     if segment_length < 1:
         raise ValueError(f"segment_length must be positive, got {segment_length}")
@@ -114,7 +117,7 @@ def load_pretrain_segments(
         log.warning("tokenizer %s is not a fast tokenizer: tokenising will be slow", type(tokenizer).__name__)
     cut = {"tokenizer": tokenizer, "segment_length": segment_length, "min_segment_length": min_segment_length}
     if streaming:
-        return _stream_segments(resolved, cut)
+        return _stream_segments(resolved, cut, processes)
     fingerprint = segments_fingerprint(resolved, tokenizer, segment_length, min_segment_length)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "pretrain_text"
     entry = root / fingerprint
@@ -254,18 +257,18 @@ def _document_dataset(sources: list[TextSource], work: Path) -> datasets.Dataset
             if isinstance(err.__cause__, RetromemError):  # a bad line: report it, not the wrapper
                 raise err.__cause__ from None
             raise
-    for source in sources:
+    for number, source in enumerate(sources):
         if source.kind == "datasets":
-            parts.append(_from_datasets(source, streaming=False, cache_dir=work / "hf"))
+            parts.append(_from_datasets(source, streaming=False, cache_dir=work / "hf" / str(number)))
     if not parts:
         return datasets.Dataset.from_dict({"doc_id": [], "text": []}, features=_DOCUMENT_FEATURES)
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
-def _stream_segments(sources: list[TextSource], cut: dict) -> datasets.IterableDataset:
+def _stream_segments(sources: list[TextSource], cut: dict, processes: int) -> datasets.IterableDataset:
     parts = []
-    # one shard per file: under a launcher each process then reads whole files of its own when there
-    # are at least as many files as processes (else every n-th batch of the one stream)
+    # one shard per file: under a launcher each process then reads whole files of its own when the files
+    # split evenly among the processes (else every process reads the one stream and keeps every n-th batch)
     readers = [{**asdict(s), "files": [name]} for s in sources if s.kind != "datasets" for name in s.files]
     if readers:
         parts.append(datasets.IterableDataset.from_generator(
@@ -275,12 +278,23 @@ def _stream_segments(sources: list[TextSource], cut: dict) -> datasets.IterableD
         if source.kind == "datasets":
             parts.append(_from_datasets(source, streaming=True, cache_dir=None))
     documents = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    if processes > 1 and documents.n_shards % processes:
+        # accelerate hands whole shards to the processes when there are at least as many shards as processes:
+        # an uneven split (3 files, 2 processes) would give one process twice the text of the other, which the
+        # other would then repeat twice as often. One shard instead, of which each process keeps every n-th batch.
+        documents = datasets.IterableDataset.from_generator(_chain, features=_DOCUMENT_FEATURES,
+                                                            gen_kwargs={"streams": [documents]})
     segments = documents.map(_tokenize_and_cut, batched=True, batch_size=1000, remove_columns=["doc_id", "text"],
                              features=SEGMENT_FEATURES, fn_kwargs=cut)
     if next(iter(segments), None) is None:
         raise DataError(f"the pretraining corpus has no segment of {cut['min_segment_length']} tokens or more",
                         _first_file(sources), fix="check the files and --text-field")
     return segments
+
+
+def _chain(streams: list) -> Iterator[dict]:
+    for stream in streams:
+        yield from stream
 
 
 def _read_documents(sources: list[dict]) -> Iterator[dict]:
@@ -329,7 +343,12 @@ def _read_jsonl_file(path: Path, text_field: str, title_field: str | None, id_fi
 
 
 def _from_datasets(source: TextSource, streaming: bool, cache_dir: Path | None):
-    """Load a ``datasets`` source and project it onto ``{doc_id, text}``."""
+    """Load a ``datasets`` source and project it onto ``{doc_id, text}``.
+
+    Each file is loaded and projected on its own, so that a bad row is reported in its file, with its
+    row number there; nothing is written beside the user's files (the projection's Arrow file goes to
+    ``cache_dir``).
+    """
     first = Path(source.files[0])
     if first.is_dir():
         if not (first / "state.json").exists() and not (first / "dataset_dict.json").exists():
@@ -338,24 +357,37 @@ def _from_datasets(source: TextSource, streaming: bool, cache_dir: Path | None):
         loaded = datasets.load_from_disk(str(first))
         if isinstance(loaded, datasets.DatasetDict):
             loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-        if streaming:
-            loaded = loaded.to_iterable_dataset()
+        parts = [(first, loaded.to_iterable_dataset() if streaming else loaded)]
     else:
         suffix = first.suffix if first.suffix != ".gz" else Path(first.stem).suffix
         builder = _DATASETS_BUILDERS.get(suffix)
         if builder is None:
             raise DataError(f"datasets cannot read {suffix!r} files here", first,
                             fix=f"use one of {', '.join(sorted(_DATASETS_BUILDERS))}")
-        loaded = datasets.load_dataset(builder, data_files=list(source.files), split="train", streaming=streaming,
-                                       cache_dir=str(cache_dir) if cache_dir else None)
-    columns = loaded.column_names or list((loaded.features or {}).keys())
+        parts = [(Path(name), datasets.load_dataset(builder, data_files=[name], split="train", streaming=streaming,
+                                                    cache_dir=str(cache_dir / "load") if cache_dir else None))
+                 for name in source.files]
+    projected = [_project(loaded, where, source, cache_dir / f"projected-{index}.arrow" if cache_dir else None)
+                 for index, (where, loaded) in enumerate(parts)]
+    return projected[0] if len(projected) == 1 else datasets.concatenate_datasets(projected)
+
+
+def _project(loaded, where: Path, source: TextSource, cache_file: Path | None):
+    """One loaded file (or saved folder) as ``{doc_id, text}`` rows."""
+    columns = loaded.column_names
+    if columns is None:  # a streamed CSV or text file knows its columns only once read
+        first_row = next(iter(loaded), None)
+        if first_row is None:
+            raise DataError("no rows", where, fix="remove the empty file from the sources")
+        columns = list(first_row)
     if source.text_field not in columns:
-        raise DataError(f"no {source.text_field!r} column (columns: {', '.join(columns)})", first,
+        raise DataError(f"no {source.text_field!r} column (columns: {', '.join(columns)})", where,
                         fix="pick the text column with --text-field")
     fields = {"text_field": source.text_field, "title_field": source.title_field if source.title_field in columns
-              else None, "id_field": source.id_field if source.id_field in columns else None, "where": str(first)}
+              else None, "id_field": source.id_field if source.id_field in columns else None, "where": str(where)}
+    extra = {"cache_file_name": str(cache_file)} if cache_file is not None else {}
     return loaded.map(_project_rows, batched=True, with_indices=True, remove_columns=columns,
-                      features=_DOCUMENT_FEATURES, fn_kwargs=fields)
+                      features=_DOCUMENT_FEATURES, fn_kwargs=fields, **extra)
 
 
 def _project_rows(batch: dict, indices: list[int], text_field: str, title_field: str | None, id_field: str | None,
@@ -364,7 +396,8 @@ def _project_rows(batch: dict, indices: list[int], text_field: str, title_field:
     for i, index in enumerate(indices):
         text = batch[text_field][i]
         if text is None:
-            raise DataError(f"row {index + 1} has no {text_field!r}", where, fix="every row needs the text field")
+            raise DataError(f"row {index + 1} (counting data rows from 1) has no {text_field!r}", where,
+                            fix="every row needs the text field")
         title = batch[title_field][i] if title_field else None
         texts.append(f"{title} {text}".strip() if title else str(text).strip())
         ids.append(str(batch[id_field][i]) if id_field else str(index))

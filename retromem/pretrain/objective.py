@@ -141,7 +141,8 @@ def parse_objective_spec(spec: str) -> list[tuple[str, float | None]]:
     """Split ``"mlm:1.0+bow:0.5"`` into [("mlm", 1.0), ("bow", 0.5)]; weight None when not given.
 
     Raises :class:`ObjectiveError` for an empty spec, an unknown name (with the closest known
-    name), a weight that is not a finite number >= 0, or a name given twice.
+    name), a weight that is not a plain finite number >= 0 (``1``, ``0.5``, ``1e-3``), an empty
+    weight after ``:``, or a name given twice.
     """
     _load_objectives()
     if not isinstance(spec, str) or not spec.strip():
@@ -153,27 +154,38 @@ def parse_objective_spec(spec: str) -> list[tuple[str, float | None]]:
             raise ObjectiveError(
                 f"objective {spec!r} has an empty part: write e.g. 'retromae+bow' or 'mlm:1.0+bow:0.5'"
             )
-        name, _, weight_text = item.partition(":")
+        name, sep, weight_text = item.partition(":")
         name = name.strip().lower()
         if name not in REGISTRY:
             close = difflib.get_close_matches(name, sorted(REGISTRY), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ObjectiveError(f"unknown objective {name!r} in {spec!r}{hint}; known: {', '.join(sorted(REGISTRY))}")
         weight: float | None = None
-        if weight_text.strip():
-            try:
-                weight = float(weight_text)
-            except ValueError as err:
-                raise ObjectiveError(f"weight of {name!r} in {spec!r} is not a number: {weight_text!r}") from err
-            if not math.isfinite(weight) or weight < 0:
-                raise ObjectiveError(
-                    f"weight of {name!r} in {spec!r} must be a finite number >= 0, got {weight_text!r}"
-                )
+        if sep:
+            weight = _parse_weight(weight_text, name, spec)
         if any(name == other for other, _ in parts):
             raise ObjectiveError(f"objective {name!r} appears twice in {spec!r}: give it once, with its weight")
         parts.append((name, weight))
     return parts
 
+
+
+_WEIGHT = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?")
+
+
+def _parse_weight(text: str, name: str, spec: str) -> float:
+    """A loss weight written as a plain decimal number (no sign, no underscores, no inf/nan)."""
+    text = text.strip()
+    if not _WEIGHT.fullmatch(text):
+        raise ObjectiveError(f"weight of {name!r} in {spec!r} must be a plain number >= 0 such as 1, 0.5 or 1e-3, "
+                             f"got {text!r}" + (" (or leave out the ':' for the default)" if not text else ""))
+    weight = float(text)
+    if not math.isfinite(weight):
+        raise ObjectiveError(f"weight of {name!r} in {spec!r} is too large: {text!r}")
+    if weight == 0 and any(ch in "123456789" for ch in text.lower().split("e")[0]):
+        raise ObjectiveError(f"weight of {name!r} in {spec!r} is too small to represent: {text!r} (use 0 to turn "
+                             "the loss off)")
+    return weight
 
 @dataclass
 class EncoderPass:

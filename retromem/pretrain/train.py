@@ -217,7 +217,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
             config.data, model.tokenizer, segment_length, text_field=config.text_field,
             title_field=config.title_field, id_field=config.id_field, min_segment_length=min_length,
             streaming=config.streaming, num_proc=config.num_proc, cache_dir=config.cache_dir,
-            show_progress=config.show_progress,
+            show_progress=config.show_progress, processes=args.world_size,
         )
     train_data = segments.select_columns(["input_ids"])
     if config.streaming:
@@ -439,7 +439,7 @@ def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str
     # dispatches as slices of the concatenated batches of all processes: that needs batches of one width and
     # row count, which the collator (each batch padded to its longest text, short texts dropped) does not
     # give, and slicing would split CoT-MAE's span pairs. Each process reads its own share instead
-    # (whole data files when there are at least as many as processes, else every n-th batch).
+    # (whole data files when they split evenly among the processes, else every n-th batch).
     accelerator_config = {"dispatch_batches": False} if config.streaming else None
     return TrainingArguments(
         accelerator_config=accelerator_config,
