@@ -47,11 +47,13 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
-def test_two_cpu_processes_end_with_identical_weights(tmp_path, streaming):
+@pytest.mark.parametrize("layout", ["cached", "streaming", "streaming-uneven"])
+def test_two_cpu_processes_end_with_identical_weights(tmp_path, layout):
     """Cached text with retromae+bow; streamed text with cotmae (pairs of spans) and texts of many lengths,
     so that the two ranks' batches differ in width (each rank reads its own share of the stream), from three
-    files, which cannot be shared out whole between two processes."""
+    files, which cannot be shared out whole between two processes; or from two files of very different
+    sizes, one for each process, with gradient accumulation (the small share runs out mid-group)."""
+    streaming = layout != "cached"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
     model_dir = tmp_path / "tiny-bert"
     BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -63,9 +65,10 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path, streaming):
     lengths = [rng.randint(8, 60) if streaming else 40 for _ in range(100)]
     lines = [" ".join(rng.choice(words) for _ in range(n)) for n in lengths]
     # streamed: three files, which cannot split evenly between two processes (each reads the one stream)
-    parts = 3 if streaming else 1
-    for part in range(parts):
-        (tmp_path / f"corpus-{part}.txt").write_text("\n".join(lines[part::parts]), encoding="utf-8")
+    shares = {"cached": [lines], "streaming": [lines[0::3], lines[1::3], lines[2::3]],
+              "streaming-uneven": [lines[:5], lines[5:]]}[layout]
+    for part, share in enumerate(shares):
+        (tmp_path / f"corpus-{part}.txt").write_text("\n".join(share), encoding="utf-8")
     out = tmp_path / "run"
     config = {"data": [str(tmp_path / "corpus-*.txt")], "output_dir": str(out), "model": str(model_dir),
               "from_scratch": True,
@@ -73,6 +76,8 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path, streaming):
               "max_length": 32, "per_device_batch_size": 4, "max_steps": 3,
               "save_steps": 100, "logging_steps": 1, "learning_rate": 1e-3, "precision": "fp32",
               "show_progress": False, "cache_dir": str(tmp_path / "text-cache")}
+    if layout == "streaming-uneven":  # 5 one-segment texts: batches of 2, 2, 1, an odd count of micro-batches
+        config.update(per_device_batch_size=2, gradient_accumulation_steps=2, max_steps=6)
     (tmp_path / "config.json").write_text(json.dumps(config), encoding="utf-8")
     (tmp_path / "train.py").write_text(SCRIPT, encoding="utf-8")
 
@@ -81,16 +86,16 @@ def test_two_cpu_processes_end_with_identical_weights(tmp_path, streaming):
                str(tmp_path / "train.py"), str(tmp_path / "config.json")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(PROJECT_ROOT),
            "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
 
     reports = [json.loads((out / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]
     assert [r["backend"] for r in reports] == ["gloo", "gloo"]
-    assert [r["step"] for r in reports] == [3, 3]
+    assert [r["step"] for r in reports] == [config["max_steps"]] * 2
     assert reports[0]["start"] == reports[1]["start"]
     assert reports[0]["end"] == reports[1]["end"]  # identical weights on both ranks after training
     assert reports[0]["end"] != reports[0]["start"]  # and training did change them
     run = json.loads((out / "final" / "training_run.json").read_text())
-    assert run["world_size"] == 2 and run["global_step"] == 3
+    assert run["world_size"] == 2 and run["global_step"] == config["max_steps"]
     AutoModel.from_pretrained(out / "final")

@@ -221,6 +221,46 @@ def test_resume_after_kill_continues_from_the_last_checkpoint(tiny_model, corpus
     assert [c for c in out.glob("checkpoint-*") if int(c.name.split("-")[1]) > step + 1] == []
 
 
+class CrashAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt(f"simulated crash at step {self.step}")
+
+
+@pytest.mark.parametrize("objective", ["retromae+bow", "cotmae"])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_model, corpus, tmp_path, objective):
+    # masks are drawn per batch from the seed and the batch's tokens, not from the global generator, which the
+    # trainer restores only after fetching the next batches: so a resume masks (and drops out) as the run did
+    settings = dict(max_steps=6, save_steps=3, objective=objective, learning_rate=3e-3)
+    straight = pretrain(make_config(tiny_model, corpus, tmp_path / "straight", **settings))
+    crashed = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(make_config(tiny_model, corpus, crashed, **settings), callbacks=[CrashAt(4)])
+    assert find_resume_checkpoint(crashed).name == "checkpoint-3" and not (crashed / "final").exists()
+    resumed = pretrain(make_config(tiny_model, corpus, crashed, **settings))
+    assert json.loads((resumed / "training_run.json").read_text())["resumed_from"].endswith("checkpoint-3")
+    expected, actual = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(actual[k], expected[k]) for k in expected)
+    start = load_file(crashed / "checkpoint-3" / "model.safetensors")
+    assert not all(torch.equal(start[k], expected[k]) for k in start)  # and steps 4-6 did train
+
+
+def test_save_and_logging_intervals_changed_on_resume_are_used(tiny_model, corpus, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(make_config(tiny_model, corpus, out, max_steps=12, save_steps=3, logging_steps=1),
+                 callbacks=[CrashAt(4)])
+    final = pretrain(make_config(tiny_model, corpus, out, max_steps=12, save_steps=5, logging_steps=4,
+                                 save_total_limit=None))
+    assert sorted(int(c.name.split("-")[1]) for c in out.glob("checkpoint-*")) == [3, 5, 10, 12]  # and the last
+    assert (final / "model.safetensors").exists()
+    history = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h and h["step"] > 3] == [4, 8, 12]
+
+
 def assert_same_state(actual, expected):
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor) and torch.equal(actual.cpu(), expected.cpu())
@@ -265,10 +305,13 @@ def test_resume_refuses_a_different_run_and_never_refuses_old_checkpoints(tiny_m
     # no objective stands for retromae from a plain encoder: a run that named it or left it out is the same run
     checkpoint = out / "checkpoint-2"
     for previous, current in ((None, "retromae"), ("retromae", None), (None, None)):
-        _refuse_changed_run(make_config(tiny_model, corpus, out, objective=current), checkpoint,
+        _refuse_changed_run(make_config(tiny_model, corpus, out, objective=current), 1, checkpoint,
                             {"objective": previous, "max_length": 32})
     with pytest.raises(MismatchError, match="objective"):
-        _refuse_changed_run(make_config(tiny_model, corpus, out, objective="bow"), checkpoint, {"objective": None})
+        _refuse_changed_run(make_config(tiny_model, corpus, out, objective="bow"), 1, checkpoint, {"objective": None})
+    # the number of processes sets the batch and where in the data a step is
+    with pytest.raises(MismatchError, match="world_size"):
+        _refuse_changed_run(make_config(tiny_model, corpus, out), 4, checkpoint, {"world_size": 8})
 
 
 def test_bad_options_are_refused(tiny_model, corpus, tmp_path):
@@ -334,6 +377,12 @@ class WeightProbe(TrainerCallback):
         self.head.append(next(iter(model.head_parameters())).detach().clone())
 
 
+def test_a_head_warmup_as_long_as_an_epochs_run_is_refused(tiny_model, corpus, tmp_path):
+    # with --epochs the run's length is known only once the data is: the scheduler checks it
+    with pytest.raises(RetromemError, match="head_warmup_steps 50 is not below the run's"):
+        pretrain(make_config(tiny_model, corpus, tmp_path / "run", max_steps=-1, epochs=0.1, head_warmup_steps=50))
+
+
 def test_head_warmup_freezes_the_encoder_then_starts_its_schedule(tiny_model, corpus, tmp_path):
     probe = WeightProbe()
     pretrain(make_config(tiny_model, corpus, tmp_path / "run", max_steps=5, head_warmup_steps=2, warmup=0,
@@ -369,6 +418,17 @@ def test_final_save_is_atomic(tmp_path):
     save_final(GoodModel(), final, {"global_step": 3})
     assert json.loads((final / "training_run.json").read_text())["global_step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["final"]
+
+
+def test_saved_folders_and_files_get_the_usual_modes(tmp_path):
+    # temporary names come from mkdtemp/mkstemp, which make them private (0700, 0600): others could not read a model
+    previous = os.umask(0o022)
+    try:
+        save_final(GoodModel(), tmp_path / "final", {"global_step": 1})
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "final").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "final" / "training_run.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_rerunning_a_finished_run_trains_no_further_step(tiny_model, corpus, tmp_path):

@@ -16,6 +16,7 @@ hooks of the objectives in ``retromem.pretrain``; :class:`PretrainCollator` runs
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ class PretrainCollator:
         max_length: int,
         pad_to_multiple_of: int | None = None,
         generator: torch.Generator | None = None,
+        seed: int | None = None,
     ):
         self.plan = plan
         self.masker = masker
@@ -107,17 +109,35 @@ class PretrainCollator:
         self.min_tokens = plan.min_tokens
         self.pad_to_multiple_of = pad_to_multiple_of
         self.generator = generator
+        self.seed = seed
         self.skipped_examples = 0
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         sequences = self._sequences(examples)
+        generator = self.generator if self.generator is not None else self._batch_generator(sequences)
         tokens, lengths = self.masker.pad(sequences)
         tokens, lengths = self.plan.arrange(tokens, lengths)
         input_ids, attention_mask = self.masker.frame(tokens, lengths, self.pad_to_multiple_of)
-        masked, labels = self.masker.mask(input_ids, attention_mask, self.plan.encoder_masking, self.generator)
+        masked, labels = self.masker.mask(input_ids, attention_mask, self.plan.encoder_masking, generator)
         batch = {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
-        self.plan.collate(batch, input_ids, self.masker, self.generator)
+        self.plan.collate(batch, input_ids, self.masker, generator)
         return batch
+
+    def _batch_generator(self, sequences: Sequence[torch.Tensor]) -> torch.Generator | None:
+        """With a ``seed``: a generator seeded by it and the batch's tokens, else None (torch's global one).
+
+        The masks of a batch are then a function of the seed and the batch alone: the same whichever
+        data-loader worker collates it and however much else drew random numbers before, so that a run
+        resumed from a checkpoint masks as the uninterrupted run did (the trainer restores the global
+        generator only after it has fetched the next batches).
+        """
+        if self.seed is None:
+            return None
+        digest = hashlib.blake2b(str(self.seed).encode(), digest_size=8)
+        for ids in sequences:
+            digest.update(len(ids).to_bytes(4, "little"))
+            digest.update(ids.numpy().tobytes())
+        return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
 
     def _sequences(self, examples: Sequence[dict[str, Any]]) -> list[torch.Tensor]:
         if len(examples) == 0:

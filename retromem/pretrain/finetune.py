@@ -81,6 +81,7 @@ from retromem.io import atomic_path, count_lines, iter_jsonl, read_json, write_j
 from retromem.model_paths import DEFAULT_MODEL, model_fingerprint, resolve_model_path
 from retromem.pretrain.trainer_utils import (
     PRECISIONS,
+    CurrentIntervalsCallback,
     atomic_folder,
     check_resume,
     checkpoint_step,
@@ -321,10 +322,11 @@ def finetune(config: FinetuneConfig) -> Path:
     is_main = args.process_index == 0
     data_key = _data_key(config, settings, inputs)
     checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, is_main,
-                                      functools.partial(_refuse_changed_run, config, data_key))
+                                      functools.partial(_refuse_changed_run, config, data_key, args.world_size))
     if is_main:
         write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "data_key": data_key,
-                                                  "precision_resolved": precision, "model_settings": settings})
+                                                  "precision_resolved": precision, "model_settings": settings,
+                                                  "world_size": args.world_size})
 
     examples, report = prepare_examples(config, settings, output_dir, data_key)
     set_seed(config.seed)
@@ -338,6 +340,7 @@ def finetune(config: FinetuneConfig) -> Path:
              f"resuming from {checkpoint}" if checkpoint else "from step 0")
 
     trainer = _Trainer(model=model, args=args, train_dataset=train_data, loss=loss)
+    trainer.add_callback(CurrentIntervalsCallback())
     log_through_logging(trainer, log)
     if checkpoint is not None and run_complete(checkpoint, config.max_steps, config.epochs):
         # the run ended at this checkpoint and crashed before final/ was written; resuming would train
@@ -822,9 +825,13 @@ def _file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _refuse_changed_run(config: FinetuneConfig, data_key: str, checkpoint: Path, previous: dict[str, Any]) -> None:
-    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that trained otherwise or on other data."""
+def _refuse_changed_run(config: FinetuneConfig, data_key: str, world_size: int, checkpoint: Path,
+                        previous: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that trained otherwise or on other data,
+    or with another number of processes (which sets the batch and where in the data a step is)."""
     changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != getattr(config, k)]
+    if previous.get("world_size", world_size) != world_size:
+        changed.append(f"the number of processes ({previous['world_size']} then, {world_size} now)")
     if previous.get("data_key") != data_key:
         changed.append("training data / mining settings")
     if changed:

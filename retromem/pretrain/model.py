@@ -170,11 +170,16 @@ class PretrainModel(nn.Module):
         return self.plan.segment_length(max_length)
 
     def collator(
-        self, max_length: int, pad_to_multiple_of: int | None = None, generator: torch.Generator | None = None
+        self, max_length: int, pad_to_multiple_of: int | None = None, generator: torch.Generator | None = None,
+        seed: int | None = None,
     ) -> PretrainCollator:
-        """A batch collator: callable(list[{"input_ids": [...]}]) -> dict of tensors for ``forward``."""
+        """A batch collator: callable(list[{"input_ids": [...]}]) -> dict of tensors for ``forward``.
+
+        Its random draws (masks, the enhanced-decoding matrix) come from ``generator``; else, with a
+        ``seed``, from a generator seeded by it and each batch's tokens; else from torch's global one.
+        """
         self._check_max_length(max_length)
-        return PretrainCollator(self.plan, self.masker, max_length, pad_to_multiple_of, generator)
+        return PretrainCollator(self.plan, self.masker, max_length, pad_to_multiple_of, generator, seed)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The heads' parameters: the objectives' decoders and the MLM head (not the tied word embeddings)."""

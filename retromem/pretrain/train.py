@@ -45,6 +45,7 @@ from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
 from retromem.pretrain.model import PretrainModel
 from retromem.pretrain.trainer_utils import (
     PRECISIONS,
+    CurrentIntervalsCallback,
     atomic_folder,
     check_resume,
     checkpoint_to_resume,
@@ -195,9 +196,10 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     args = _training_arguments(config, output_dir, precision)  # also sets up torch.distributed under a launcher
     _one_device_without_launcher(args)
     checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, args.process_index == 0,
-                                      functools.partial(_refuse_changed_run, config))
+                                      functools.partial(_refuse_changed_run, config, args.world_size))
     if args.process_index == 0:
-        write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "precision_resolved": precision})
+        write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "precision_resolved": precision,
+                                                  "world_size": args.world_size})
 
     if args.device.type == "cpu":
         # Tiny gradients and optimizer moments become subnormal floats, which x86 CPUs compute on up to
@@ -222,6 +224,12 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     train_data = segments.select_columns(["input_ids"])
     if config.streaming:
         train_data = train_data.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer)
+        if args.world_size > 1:
+            # Each process reads its own share of the stream, and shares seldom hold the same number of
+            # batches: a process whose share ran out would end its epoch (and, with gradient accumulation,
+            # step on a partial group) while the others go on, and their collective calls would no longer
+            # pair up (a hang). An endless share per process keeps them in step; max_steps ends the run.
+            train_data = train_data.repeat(None)
     log.info("pretraining %s (%s) on %s segments of up to %d tokens, precision %s, %s",
              config.model, model.objective, getattr(segments, "num_rows", "streamed"), segment_length, precision,
              f"resuming from {checkpoint}" if checkpoint else "from step 0")
@@ -229,8 +237,9 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     trainer = PretrainTrainer(model=model, args=args, train_dataset=train_data,
                               head_learning_rate=config.head_learning_rate,
                               head_warmup_steps=config.head_warmup_steps,
-                              data_collator=model.collator(config.max_length),
-                              callbacks=[ProgressFractionCallback(model), *_report_callbacks(config, output_dir),
+                              data_collator=model.collator(config.max_length, seed=config.seed),
+                              callbacks=[ProgressFractionCallback(model), CurrentIntervalsCallback(),
+                                         *_report_callbacks(config, output_dir),
                                          *callbacks])
     log_through_logging(trainer, log)
     final = output_dir / FINAL_DIR
@@ -322,6 +331,9 @@ class PretrainTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         optimizer = self.optimizer if optimizer is None else optimizer
         frozen = self.head_warmup_steps
+        if frozen >= num_training_steps:
+            raise RetromemError(f"head_warmup_steps {frozen} is not below the run's {num_training_steps} steps: the "
+                                "encoder would never train; give fewer warm-up steps, or more --epochs/--max-steps")
         heads = self._schedule(num_training_steps)
         encoder = self._schedule(num_training_steps - frozen)
 
@@ -469,15 +481,16 @@ def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str
     )
 
 
-def _refuse_changed_run(config: PretrainConfig, checkpoint: Path, previous: dict[str, Any]) -> None:
-    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that differs in _RESUME_MUST_MATCH."""
-    current = json.loads(json.dumps(asdict(config)))  # as it was written: tuples become lists
+def _refuse_changed_run(config: PretrainConfig, world_size: int, checkpoint: Path, previous: dict[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that differs in _RESUME_MUST_MATCH
+    or in the number of processes (which sets the batch, and where in the data a step is)."""
+    current = {**json.loads(json.dumps(asdict(config))), "world_size": world_size}  # as written: tuples -> lists
     # no objective means the same as naming the one it stands for (the model is the same, or refused)
     implied = _implied_objective(config)
     current["objective"] = current["objective"] or implied
     if "objective" in previous:
         previous = {**previous, "objective": previous["objective"] or implied}
-    changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != current[k]]
+    changed = [k for k in (*_RESUME_MUST_MATCH, "world_size") if k in previous and previous[k] != current[k]]
     if changed:
         raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
                             f"({', '.join(f'{k}={previous[k]!r}' for k in changed)}); use the same options, or "

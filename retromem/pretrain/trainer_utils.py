@@ -32,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from retromem.errors import RetromemError
 from retromem.index.encoder import cpu_supports_bf16
-from retromem.io import atomic_path, read_json
+from retromem.io import atomic_path, current_umask, read_json
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,7 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private (0700); a model is to be shared
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
@@ -216,6 +217,18 @@ def log_through_logging(trainer: Trainer, logger: logging.Logger) -> None:
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgressCallback())
     trainer.add_callback(LogCallback(logger))
+
+
+class CurrentIntervalsCallback(TrainerCallback):
+    """Save and log at this run's intervals after a resume.
+
+    A resumed ``Trainer`` takes its state, the save and logging intervals included, from the
+    checkpoint, so a changed ``--save-steps`` or ``--logging-steps`` would be ignored (with a warning
+    only transformers' logger shows). This sets them again from the arguments.
+    """
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)
 
 
 class QuietProgressCallback(ProgressCallback):
