@@ -49,6 +49,11 @@ def test_verdict_distinguishes_means_from_noise(pq):
     lost = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.58, 0.61, 0.62], "c": [0.59, 0.63, 0.63]}))
     assert "not met" in pq.verdict(lost)
     assert "not measured" in pq.verdict(pq.summarize(_rows({"a": [0.6, 0.6], "c": [0.7, 0.7]})))
+    # above (a) but below (b), or above (b) but below (a): beating one baseline is not the goal
+    below_b = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.70, 0.72, 0.74], "c": [0.65, 0.66, 0.67]}))
+    assert "not met" in pq.verdict(below_b)
+    below_a = pq.summarize(_rows({"a": [0.70, 0.72, 0.74], "b": [0.60, 0.62, 0.64], "c": [0.65, 0.66, 0.67]}))
+    assert "not met" in pq.verdict(below_a)
 
 
 def test_summary_table_shows_both_baselines_and_the_verdict(pq):

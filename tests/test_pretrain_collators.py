@@ -73,7 +73,7 @@ def test_frame_adds_cls_sep_and_padding(masker):
 
 
 @pytest.mark.parametrize("ratio", [0.15, 0.3, 0.5])
-def test_mask_ratio_and_replacement_shares(masker, corpus_ids, ratio):
+def test_mask_ratio_and_replacement_shares(masker, corpus_ids, ratio, tokenizer):
     plan = ObjectivePlan("mlm", encoder_mask_ratio=ratio)
     collator = PretrainCollator(plan, masker, max_length=128, generator=torch.Generator().manual_seed(1))
     batch = collator(_examples(corpus_ids, 126) * 4)
@@ -91,6 +91,11 @@ def test_mask_ratio_and_replacement_shares(masker, corpus_ids, ratio):
     assert abs(kept - 0.1) < 0.03
     assert abs(1 - as_mask - kept - 0.1) < 0.03  # random replacements
     assert not (batch["input_ids"][~selected] == masker.mask_id).any()
+    # random replacements are ordinary vocabulary tokens drawn at random: never a special token, rarely repeated
+    replaced = shown[(shown != masker.mask_id) & (shown != original)]
+    assert replaced.numel() > 20
+    assert not torch.isin(replaced, torch.tensor(tokenizer.all_special_ids)).any()
+    assert replaced.unique().numel() > 0.8 * replaced.numel()
 
 
 def test_whole_words_are_masked_entirely(masker, corpus_ids):

@@ -213,6 +213,28 @@ def test_jsonl_records_are_read_and_completed_with_mined_negatives(tmp_path, tin
             assert negatives[0] == record["negatives"][0]  # given negatives come first
 
 
+def test_mined_jsonl_negatives_exclude_every_positive_of_the_query_text_and_the_text_itself(tmp_path, tiny_model_dir):
+    # "red cat" has two records with different positives, and another record's positive is the text "red cat":
+    # none of the three may be mined as its negative. Asking for every other text of the pool makes the
+    # mined set exact, whatever the (random) model ranks first.
+    records = [{"query": "red cat", "positive": "the cat is red"}, {"query": "red cat", "positive": "a red cat story"},
+               {"query": "blue dog", "positive": "red cat"}]
+    records += [{"query": f"{w} {t}", "positive": f"the {t} is {w}"} for t, w in zip(TOPICS[2:10], WORDS[2:10])]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    pool = {r["positive"] for r in records}
+    forbidden = {"the cat is red", "a red cat story", "red cat"}
+    config = FinetuneConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), jsonl=[str(data)],
+                            hard_negatives=len(pool - forbidden), mine_top_k=len(pool), precision="fp32",
+                            mining_workdir=str(tmp_path / "work"), show_progress=False)
+    _, settings = build_model(config)
+    examples, _ = build_examples(config, settings)
+    for example in (e for e in examples if e["anchor"] == "red cat"):
+        mined = {v for k, v in example.items() if k.startswith("negative_")}
+        assert mined == pool - forbidden
+    assert sum(e["anchor"] == "red cat" for e in examples) == 2
+
+
 def test_a_jsonl_file_edited_in_place_is_not_taken_for_the_finished_run(tmp_path, tiny_model_dir):
     data = tmp_path / "train.jsonl"
     records = [{"query": f"{w} {t}", "positive": f"the {t} is {w}"} for t, w in zip(TOPICS, WORDS)]

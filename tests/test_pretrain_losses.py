@@ -12,6 +12,7 @@ from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 from retromem.model_paths import resolve_model_path
 from retromem.pretrain import mlm
 from retromem.pretrain.bow import bag_of_words_loss
+from retromem.pretrain.cotmae import neighbour
 from retromem.pretrain.dupmae import vocab_max_pool
 from retromem.pretrain.model import PretrainModel
 from retromem.pretrain.retromae import enhanced_decoding_mask
@@ -355,6 +356,46 @@ def test_enhanced_decoding_streams(tokenizer):
     torch.testing.assert_close(seen["content"][:, 0], sentences["cls"])
     torch.testing.assert_close(seen["query"], expected_query)
     assert seen["mask"].shape == (n, 1, t, t)
+
+
+def test_the_decoder_gets_the_enhanced_decoding_matrix_of_its_options(tokenizer):
+    # the matrix the model hands its decoder, at a ratio other than the default: no row sees itself,
+    # every row sees the sentence embedding, and each real row sees round((1 - r) * candidates) tokens
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "retromae", tokenizer=tokenizer,
+                                       decoder_mask_ratio=0.7).eval()
+    batch = model.collator(max_length=32, generator=torch.Generator().manual_seed(0))(
+        [{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES])
+    seen = {}
+    model.heads["retromae"].register_forward_pre_hook(lambda module, args: seen.update(mask=args[2]))
+    with torch.no_grad():
+        model(**batch)
+    mask = seen["mask"][:, 0]
+    assert mask.dtype == torch.bool
+    assert not mask.diagonal(dim1=1, dim2=2)[:, 1:].any()
+    assert mask[..., 0].all()
+    for row_mask, length in zip(mask, batch["attention_mask"].sum(1).tolist()):
+        visible = row_mask[1:length, 1:].sum(-1)  # the real rows to reconstruct, over the token columns
+        assert (visible == round(0.3 * (length - 2))).all()
+        assert not row_mask[:, length:].any()  # padding is never seen
+
+
+def test_cotmae_decodes_each_span_from_its_neighbours_embedding(tokenizer):
+    assert neighbour(torch.arange(6)).tolist() == [3, 4, 5, 0, 1, 2]
+    torch.manual_seed(0)
+    model = PretrainModel.from_encoder(tiny_config(tokenizer), "cotmae", tokenizer=tokenizer).eval()
+    batch = model.collator(max_length=32, generator=torch.Generator().manual_seed(0))(
+        [{"input_ids": tokenizer(s, add_special_tokens=False)["input_ids"]} for s in SENTENCES])
+    seen, sentences = {}, {}
+    model.heads["cotmae"].register_forward_pre_hook(lambda module, args: seen.update(hidden=args[0]))
+    model.encoder.register_forward_hook(lambda m, a, out: sentences.update(cls=out.last_hidden_state[:, 0]))
+    with torch.no_grad():
+        model(**batch)
+    rows = sentences["cls"].shape[0]
+    assert rows == 2 * len(SENTENCES)
+    partner = [(r + rows // 2) % rows for r in range(rows)]
+    torch.testing.assert_close(seen["hidden"][:, 0], sentences["cls"][partner])
+    assert not torch.allclose(seen["hidden"][:, 0], sentences["cls"])
 
 
 @pytest.mark.parametrize("spec", ["mlm", "bow", "retromae+bow", "dupmae", "cotmae"])

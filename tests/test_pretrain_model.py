@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, BertConfig
 
 from retromem.errors import MissingDataError, RetromemError
+from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.pretrain.model import CONFIG_FILE, HEADS_FILE, PretrainModel
 from retromem.pretrain.objective import ObjectiveError
 
@@ -81,6 +82,11 @@ def test_save_loads_with_automodel_and_sentence_transformers(tokenizer, tmp_path
     assert torch.allclose(from_st.cpu(), expected, atol=1e-5), "SentenceTransformer = [CLS], no normalisation"
     modules = json.loads((out / "modules.json").read_text())
     assert len(modules) == 2 and "Pooling" in modules[1]["type"]
+    # and retromem's own encoder (queries and passages alike: no prompt, no prefix) gives the same vectors
+    ours = Encoder(EncoderConfig(model=str(out), precision="fp32"))
+    assert ours.pooling == "cls"
+    for vectors in (ours.encode_queries(TEXTS), ours.encode_passages(TEXTS)):
+        torch.testing.assert_close(torch.from_numpy(vectors), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_from_pretrained_restores_heads_exactly(tokenizer, tmp_path):
