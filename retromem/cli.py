@@ -273,6 +273,10 @@ def _add_pretrain(sub) -> None:
                    help="tokenise while training instead of once into the cache (corpora larger than disk; "
                         "needs --max-steps)")
     t.add_argument("--num-proc", type=int, help="processes for tokenising")
+    t.add_argument("--shuffle-buffer", type=int, default=10_000,
+                   help="--streaming: examples held in the shuffle buffer (more mixes better and uses more memory)")
+    t.add_argument("--dataloader-workers", type=int, default=0,
+                   help="processes that collate batches beside training (0: in the training process)")
     t.add_argument("--cache-dir", help="tokenised-text cache (unset: $RETROMEM_CACHE/pretrain_text, "
                    "~/.cache/retromem/pretrain_text without it)")
     _add_training_options(p, lr=1e-4, batch=16, save_steps=500)
@@ -312,6 +316,8 @@ def _run_pretrain(args) -> int:
         warmup=args.warmup, weight_decay=args.weight_decay, max_steps=args.max_steps, epochs=args.epochs,
         seed=args.seed, precision=args.precision, save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         logging_steps=args.logging_steps, report_to=args.report_to, resume=args.resume,
+        max_grad_norm=args.max_grad_norm, shuffle_buffer=args.shuffle_buffer,
+        dataloader_workers=args.dataloader_workers,
     )
     _show_training_logs()
     start = time.perf_counter()
@@ -373,7 +379,6 @@ def _add_finetune(sub) -> None:
     n.add_argument("--encode-batch-size", type=int, default=64, help="texts per forward pass when mining")
     _add_training_options(p, lr=2e-5, batch=32, save_steps=500)
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="share of the steps spent warming up")
-    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm")
     p.add_argument("--allow-duplicates", action="store_true",
                    help="let a batch hold the same text twice (by default batches avoid it: a duplicate would be a "
                         "false in-batch negative)")
@@ -412,6 +417,7 @@ def _add_training_options(p, lr: float, batch: int, save_steps: int) -> None:
     g.add_argument("--batch-size", type=int, default=batch, help="examples per device per step")
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
+    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: no clipping)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="auto = bf16 (else fp16) on GPUs, bf16 autocast on CPUs with native bf16, else fp32")
     g.add_argument("--seed", type=int, default=42, help="random seed")

@@ -19,7 +19,8 @@ def test_pretrain_then_evaluate_the_result(tiny_model_dir, tiny_beir, tmp_path, 
     assert main(["pretrain", "--data", str(tiny_beir), "--model", str(tiny_model_dir), "--objective", "retromae+bow",
                  "--output", str(out), "--max-steps", "2", "--batch-size", "4", "--max-length", "32",
                  "--precision", "fp32", "--save-steps", "1", "--logging-steps", "1",
-                 "--encoder-mask-ratio", "0.4", "--decoder-mask-ratio", "0.6"]) == 0
+                 "--encoder-mask-ratio", "0.4", "--decoder-mask-ratio", "0.6", "--max-grad-norm", "0.5",
+                 "--dataloader-workers", "1"]) == 0
     printed = capsys.readouterr().out
     assert f"-> {out / 'final'}" in printed
     assert "{'loss'" not in printed  # library logs go through logging, not stdout
@@ -27,6 +28,8 @@ def test_pretrain_then_evaluate_the_result(tiny_model_dir, tiny_beir, tmp_path, 
     options = json.loads((final / "pretrain_config.json").read_text())
     assert options["options"]["encoder_mask_ratio"] == 0.4
     assert options["options"]["decoder_mask_ratio"] == 0.6
+    config = json.loads((final / "training_run.json").read_text())["config"]
+    assert (config["max_grad_norm"], config["dataloader_workers"]) == (0.5, 1)
     assert (final / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # loss curves, as a picture
     AutoModel.from_pretrained(final)
     SentenceTransformer(str(final), device="cpu")

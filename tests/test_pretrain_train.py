@@ -324,6 +324,9 @@ def test_bad_options_are_refused(tiny_model, corpus, tmp_path):
         ({"resume": str(tmp_path / "nowhere")}, "resume must be"),
         ({"head_learning_rate": 0.0}, "head_learning_rate must be > 0"),
         ({"head_warmup_steps": -1}, "head_warmup_steps must be >= 0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"dataloader_workers": -2}, "dataloader_workers"),
+        ({"shuffle_buffer": 0}, "shuffle_buffer must be at least 1"),
         ({"head_warmup_steps": 3, "max_steps": 3}, "leaves none of the 3 steps to the encoder"),
     ]
     for overrides, message in bad:

@@ -156,7 +156,7 @@ class PretrainConfig:
             raise RetromemError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
         reporters(self.report_to)  # raises on an unknown name
         for name in ("max_length", "per_device_batch_size", "gradient_accumulation_steps", "save_steps",
-                     "logging_steps"):
+                     "logging_steps", "shuffle_buffer"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RetromemError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs <= 0:
@@ -170,6 +170,9 @@ class PretrainConfig:
         if self.min_segment_length is not None and self.min_segment_length < 2:
             raise RetromemError(f"min_segment_length must be at least 2 (one token to mask, one to see), "
                                 f"got {self.min_segment_length}")
+        if self.max_grad_norm < 0 or self.weight_decay < 0 or self.dataloader_workers < 0:
+            raise RetromemError(f"max_grad_norm ({self.max_grad_norm}), weight_decay ({self.weight_decay}) and "
+                                f"dataloader_workers ({self.dataloader_workers}) must be >= 0")
         if self.head_warmup_steps < 0:
             raise RetromemError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
         if self.head_warmup_steps and 0 < self.max_steps <= self.head_warmup_steps:
