@@ -12,6 +12,12 @@ the step, and the ratios the issue sets goals for:
   (staoxiao/RetroMAE, transformers 4.x, MiniLM, batch 16 x 128, measured on the earlier development
   machine: 2 cores of an AMD EPYC).
 
+Each objective's step is also counted in floating-point operations (forward and backward, with
+``torch.utils.flop_counter``, which counts matrix products and attention): the ratio of two
+objectives' FLOPs is what their speed ratio would be if both steps did nothing but those products at
+the same efficiency, the arithmetic bound that no implementation of the same step can beat without
+computing less.
+
 A "sample" is one training example (one segment; for cotmae one pair of neighbouring spans, so its
 encoder sees twice the rows). Each objective keeps its own default mask ratios (mlm 15%, the others
 30% in the encoder); the extra arm ``mlm-30`` is mlm masking 30% like bow, which shows what bow
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                              "CPUs, see retromem.cpu_memory; this shows what that saves)")
     parser.add_argument("--output", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1: an objective's first step also builds its kernels "
+                     "(several times slower), which would make the ratios meaningless")
 
     device = torch.device(args.device)
     if args.threads:
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     # Every objective's model is built once; steps then go round-robin over precisions and objectives,
     # so that a change in machine load (it is shared) affects all of them alike and the ratios hold.
     runners = {arm: ArmRunner(arm, args, device, text) for arm in args.objectives}
+    flops = {arm: runner.count_flops() for arm, runner in runners.items()}
     load_before = os.getloadavg()
     for round_index in range(args.warmup + args.steps):
         for precision in args.precision:
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
           f"on {os.cpu_count()} CPUs (the machine is shared: high load inflates every step alike)")
     collate_256 = time_collator("retromae", args, text, length=256)
 
-    summary = summarise(results, collate_256, args.max_length)
+    summary = summarise(results, collate_256, args.max_length, flops)
     print_table(results, summary)
     if args.output:
         write_json_atomic(args.output, {
@@ -144,6 +154,16 @@ class ArmRunner:
         self.times: dict[str, dict[str, list[float]]] = {}
         self.losses: dict[str, dict[str, float]] = {}
         self.rows = 0
+
+    def count_flops(self) -> int:
+        """Floating-point operations of one step's forward and backward on the first batch (no optimizer step)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        batch = {k: v.to(self.device) for k, v in self.collator(self.batches[0]).items()}
+        with FlopCounterMode(display=False) as counter:
+            self.model(**batch)["loss"].backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return int(counter.get_total_flops())
 
     def step(self, precision: str, index: int, timed: bool) -> None:
         """One full training step (collate, forward, backward, AdamW) on batch ``index``."""
@@ -215,9 +235,15 @@ def example_batches(model, args: argparse.Namespace, text: str, count: int, max_
     return [[{"input_ids": ids} for ids in rows[i:i + args.batch_size]] for i in range(0, needed, args.batch_size)]
 
 
-def summarise(results: list[dict], collate_256: float, max_length: int) -> dict:
+def summarise(results: list[dict], collate_256: float, max_length: int, flops: dict[str, int] | None = None) -> dict:
     by = {(r["precision"], r["objective"]): r for r in results}
     summary: dict = {"collate_256_seconds_retromae": collate_256, "per_precision": {}}
+    flops = flops or {}
+    summary["step_flops"] = dict(flops)
+    if "bow" in flops and "retromae" in flops:
+        summary["bow_over_retromae_flops"] = flops["retromae"] / flops["bow"]
+    if "bow" in flops and "mlm" in flops:
+        summary["bow_over_mlm_flops"] = flops["mlm"] / flops["bow"]
     for precision in sorted({r["precision"] for r in results}):
         entry: dict = {"max_collate_share": max(r["collate_share"] for r in results if r["precision"] == precision)}
         bow, mlm, retro, mlm30 = (by.get((precision, a)) for a in ("bow", "mlm", "retromae", "mlm-30"))
@@ -261,6 +287,16 @@ def print_table(results: list[dict], summary: dict) -> None:
             print(f"  [{precision}] bow / retromae   {entry['bow_over_retromae']:.2f}x (best steps: "
                   f"{entry['bow_over_retromae_best']:.2f}x)  (goal >= 2: "
                   f"{'met' if entry['bow_over_retromae'] >= 2 else 'NOT met'})")
+    if "bow_over_retromae_flops" in summary:
+        bound = ("  in FLOPs (the arithmetic bound on those ratios): "
+                 f"bow / retromae {summary['bow_over_retromae_flops']:.2f}x")
+        if "bow_over_mlm_flops" in summary:
+            bound += f", bow / mlm {summary['bow_over_mlm_flops']:.2f}x"
+        print(bound)
+    if summary.get("step_flops"):
+        print("\nFLOPs of one step (forward + backward, the first batch):")
+        for arm, count in summary["step_flops"].items():
+            print(f"  {arm:15s} {count / 1e9:8.1f} GFLOP")
     print(f"\nreference RetroMAE implementation: QUOTED figures from {REFERENCE['source']}")
     print(f"  quoted: {REFERENCE['step_seconds']['fp32']} s/step fp32, {REFERENCE['step_seconds']['bf16']} s/step "
           f"bf16, collate {REFERENCE['collate_seconds'][128]} s @128, {REFERENCE['collate_seconds'][256]} s @256")
