@@ -427,11 +427,20 @@ def test_saved_folders_and_files_get_the_usual_modes(tmp_path):
     # temporary names come from mkdtemp/mkstemp, which make them private (0700, 0600): others could not read a model
     previous = os.umask(0o022)
     try:
-        save_final(GoodModel(), tmp_path / "final", {"global_step": 1})
+        save_final(PrivateFilesModel(), tmp_path / "final", {"global_step": 1})
     finally:
         os.umask(previous)
     assert (tmp_path / "final").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "final" / "training_run.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "final" / "model.safetensors").stat().st_mode & 0o777 == 0o644  # safetensors writes 0600
+    assert (tmp_path / "final" / "1_Pooling").stat().st_mode & 0o777 == 0o755
+
+
+class PrivateFilesModel:
+    def save_pretrained(self, path):
+        (Path(path) / "1_Pooling").mkdir(mode=0o700)
+        (Path(path) / "model.safetensors").write_text("weights")
+        os.chmod(Path(path) / "model.safetensors", 0o600)
 
 
 def test_rerunning_a_finished_run_trains_no_further_step(tiny_model, corpus, tmp_path):
