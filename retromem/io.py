@@ -40,6 +40,20 @@ def current_umask() -> int:
     return mask
 
 
+def usual_modes(folder: str | Path) -> None:
+    """Give ``folder`` and everything under it the modes that the umask gives new folders and files.
+
+    Staging folders from ``mkdtemp`` are private (0700) and safetensors writes its files 0600: a saved
+    model or data set renamed into place from one would be unreadable to the other users of a machine.
+    """
+    folder = Path(folder)
+    umask = current_umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

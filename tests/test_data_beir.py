@@ -8,6 +8,7 @@ import http.server
 import itertools
 import json
 import logging
+import os
 import shutil
 import socket
 import threading
@@ -288,6 +289,10 @@ def test_download_lands_in_the_cache_and_is_reused(tmp_path, monkeypatch, zip_se
     assert (target / "corpus.jsonl").is_file() and (target / "qrels" / "test.tsv").is_file()
     assert sorted(dataset.queries) == [f"q{i}" for i in range(6)] and len(list(dataset.iter_corpus())) == 40
     assert [p.name for p in (tmp_path / "cache" / "beir").iterdir()] == [NAME]   # no staging left behind
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask                       # not mkdtemp's private 0700
+    assert (target / "corpus.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask
     load_beir(NAME)
     assert len(requests) == 1                                                   # second load: from the cache
 

@@ -11,6 +11,7 @@ from transformers import AutoModel, BertConfig
 
 from retromem.errors import MissingDataError, RetromemError
 from retromem.index.encoder import Encoder, EncoderConfig
+from retromem.io import current_umask
 from retromem.pretrain.model import CONFIG_FILE, HEADS_FILE, PretrainModel
 from retromem.pretrain.objective import ObjectiveError
 
@@ -70,6 +71,9 @@ def test_save_loads_with_automodel_and_sentence_transformers(tokenizer, tmp_path
     assert saved["options"]["encoder_mask_ratio"] == 0.3
     assert (out / HEADS_FILE).is_file()
     assert not list(tmp_path.glob(".pretrained.*")), "the staging folder is removed"
+    umask = current_umask()
+    for path in (out, out / HEADS_FILE, out / "model.safetensors"):  # not mkdtemp's 0700 nor safetensors' 0600
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask
 
     encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from retromem.data.passage import Passage
 from retromem.errors import DataError, MissingDataError
-from retromem.io import iter_jsonl, open_text
+from retromem.io import iter_jsonl, open_text, usual_modes
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ def download_beir(name: str, cache: Path) -> Path:
         unpacked = staging / name if (staging / name).is_dir() else staging
         _require_layout(unpacked)
         target = cache / name
+        usual_modes(unpacked)
         if target.exists():
             shutil.rmtree(target)
         os.replace(unpacked, target)

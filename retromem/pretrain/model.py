@@ -33,7 +33,7 @@ from torch import nn
 from retromem import __version__
 from retromem.data.collators import PretrainCollator, TokenMasker
 from retromem.errors import MismatchError, MissingDataError, RetromemError
-from retromem.io import read_json, write_json_atomic
+from retromem.io import read_json, usual_modes, write_json_atomic
 from retromem.model_paths import resolve_model_path
 from retromem.pretrain.mlm import shared_casts
 from retromem.pretrain.objective import EncoderPass, ObjectiveError, ObjectivePlan
@@ -268,6 +268,7 @@ class PretrainModel(nn.Module):
                 "sentence_embedding": "cls",
                 "retromem_version": __version__,
             })
+            usual_modes(staging)
             _move_tree(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -32,7 +32,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from retromem.errors import RetromemError
 from retromem.index.encoder import cpu_supports_bf16
-from retromem.io import atomic_path, current_umask, read_json
+from retromem.io import atomic_path, read_json, usual_modes
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         yield staging
-        _usual_modes(staging)
+        usual_modes(staging)
         old = None
         if folder.exists():
             old = folder.parent / f".{folder.name}.old-{os.getpid()}"
@@ -205,19 +205,6 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _usual_modes(folder: Path) -> None:
-    """Give ``folder`` and what it holds the modes that the umask gives new files and folders.
-
-    ``mkdtemp`` makes the folder private (0700), and safetensors writes its files 0600: a saved model
-    would be unreadable to the other users of a shared machine.
-    """
-    umask = current_umask()
-    os.chmod(folder, 0o777 & ~umask)
-    for path in folder.rglob("*"):
-        if not path.is_symlink():
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def log_through_logging(trainer: Trainer, logger: logging.Logger) -> None:
