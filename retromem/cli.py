@@ -33,12 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it has none (None, or required) or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.required or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retromem",
         description="Retrieval-oriented encoders: pretrain and fine-tune encoders, encode a corpus, build FAISS "
                     "indexes, search, evaluate on BEIR.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"retromem {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details and show tracebacks")
@@ -59,7 +69,7 @@ def _add_encode(sub) -> None:
                        description="Encode every passage of a corpus into float32 vectors stored as .npy with ids "
                                    "and metadata. Rerunning after an interruption resumes from finished chunks. "
                                    "Under `accelerate launch` each process encodes its share and rank 0 merges.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--corpus", required=True,
                    help="a BEIR data set name (scifact), a BEIR folder, or a corpus.jsonl file (_id, title, text)")
     p.add_argument("--output", required=True, type=Path, help="embeddings folder to write")
@@ -91,13 +101,13 @@ def _run_encode(args) -> int:
 # ---------------------------------------------------------------- index
 
 def _add_index(sub) -> None:
-    p = sub.add_parser("index", help="build FAISS indexes", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("index", help="build FAISS indexes", formatter_class=_HelpFormatter)
     index_sub = p.add_subparsers(title="index commands", metavar="COMMAND")
     b = index_sub.add_parser("build", help="build a FAISS index from stored embeddings",
                              description="Build a FAISS index from an embeddings folder made by `retromem encode`. "
                                          "Trained on a random sample when the index type needs training; built on "
                                          "all GPUs when FAISS sees any, on the CPU otherwise; saved atomically.",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_HelpFormatter)
     b.add_argument("--embeddings", required=True, type=Path, help="embeddings folder (from `retromem encode`)")
     b.add_argument("--output", required=True, type=Path, help="index folder to write")
     _add_index_options(b)
@@ -120,7 +130,7 @@ def _add_search(sub) -> None:
     p = sub.add_parser("search", help="search an index with queries and write a TREC run file",
                        description="Encode queries with the encoder that built the index (a different one is "
                                    "refused) and write the top-k of each as a TREC run file.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     p.add_argument("--index", required=True, type=Path, help="index folder (from `retromem index build`)")
     p.add_argument("--queries", required=True,
                    help="a BEIR data set name or folder (its --split queries), or a queries.jsonl file (_id, text)")
@@ -156,7 +166,7 @@ def _run_search(args) -> int:
 # ---------------------------------------------------------------- eval
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate on BEIR", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("eval", help="evaluate on BEIR", formatter_class=_HelpFormatter)
     eval_sub = p.add_subparsers(title="eval commands", metavar="COMMAND")
     b = eval_sub.add_parser(
         "beir", help="BEIR evaluation of a dense encoder or of a TREC run file",
@@ -164,7 +174,7 @@ def _add_eval(sub) -> None:
                     "(nDCG, MAP, Recall, P, MRR at each k, via pytrec_eval), caching embeddings and index in a "
                     "work directory so a second run skips what is done. With --run: score a TREC run file made by "
                     "any system. Results go to --output as results.json, per_query.json, results.md and a plot.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     b.add_argument("--dataset", required=True,
                    help="BEIR data set name (looked up in $RETROMEM_DATA/beir, ../shared/data/beir, the cache, "
                         "then downloaded) or folder")
@@ -233,7 +243,7 @@ def _add_pretrain(sub) -> None:
                     "multi-node data parallelism. Checkpoints go to --output; a rerun resumes from the newest one. "
                     "The result, <output>/final, loads with AutoModel and SentenceTransformer ([CLS] pooling) and "
                     "with `retromem eval beir --model <output>/final`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     p.add_argument("--data", required=True, nargs="+",
                    help="text sources: plain-text files (one paragraph a line), JSONL files (--text-field), BEIR data "
                         "set names or corpus.jsonl files, or kind:path with kind in text, jsonl, beir, datasets; "
@@ -341,7 +351,7 @@ def _add_finetune(sub) -> None:
                     "from a BEIR data set's train qrels and/or from JSONL (query, positive, negatives). The result, "
                     "<output>/final, is a sentence-transformers folder. Rerunning the same command resumes; a "
                     "finished run given more --epochs or --max-steps trains on.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     src = p.add_argument_group("training data (one or both)")
     src.add_argument("--beir", help="BEIR data set name or folder: pairs from its --split qrels (grade >= 1)")
     src.add_argument("--jsonl", nargs="+",

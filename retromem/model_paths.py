@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from retromem.errors import MissingDataError
@@ -37,9 +38,32 @@ def resolve_model_path(name: str) -> str:
             raise MissingDataError(f"{path} has no config.json: point --model at a folder saved by "
                                    "save_pretrained() or a sentence-transformers model folder")
         return str(path.resolve())
-    if name.startswith((".", "/", "~")):
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a hub id is "name" or "owner/name"
         raise MissingDataError(f"model folder {name} does not exist")
+    if _offline() and not _in_hub_cache(name):
+        raise MissingDataError(
+            f"model {name!r} is not a folder, an alias ({DEFAULT_MODEL}) or a hub id in the local Hugging Face "
+            "cache, and downloads are off (HF_HUB_OFFLINE): give a model folder, or download it first with "
+            "HF_HUB_OFFLINE=0")
     return name  # a hub id: transformers resolves it (from its cache when offline)
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the hub cache holds ``repo_id``'s config (a model transformers can load offline)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return True
+    try:
+        found = try_to_load_from_cache(repo_id=repo_id, filename="config.json")
+    except Exception:  # an id the hub would refuse (bad characters): let transformers say so
+        return True
+    return isinstance(found, str)
 
 
 def model_fingerprint(path: str) -> str:

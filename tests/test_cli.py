@@ -153,6 +153,17 @@ def test_help_exits_0_and_explains_every_option(path, capsys):
             assert option in text, option
         if action.option_strings and action.help not in (None, argparse.SUPPRESS):
             assert action.help.split()[0] in text
+    assert "(default: None)" not in text and "(default: False)" not in text  # one default, and a meaningful one
+
+
+def test_a_model_that_is_nowhere_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    corpus = tmp_path / "t.txt"
+    corpus.write_text("some text to pretrain on\n", encoding="utf-8")
+    for command in (["pretrain", "--data", str(corpus)], ["finetune", "--jsonl", str(corpus)]):
+        assert main([*command, "--model", "no-such-model-anywhere", "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "'no-such-model-anywhere' is not a folder, an alias (minilm)" in err[0]
 
 
 @pytest.mark.parametrize("path", [(), ("index",), ("eval",)], ids=["retromem", "index", "eval"])

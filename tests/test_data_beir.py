@@ -107,6 +107,8 @@ def test_unknown_name_without_download_says_where_to_put_it(tmp_path, monkeypatc
     message = str(err.value)
     assert "corpus.jsonl" in message and str(tmp_path / "data" / "beir" / NAME) in message
     assert str(tmp_path / "cache" / NAME) in message
+    assert message.count(str(tmp_path / "data" / "beir" / NAME)) == 1  # each place named once
+    assert "set RETROMEM_DATA" not in message  # it is set
 
 
 def test_a_missing_folder_given_as_a_path_is_named(tmp_path):

@@ -301,8 +301,10 @@ def _require_layout(root: Path) -> None:
 
 
 def _where_to_put(name: str, candidates: list[Path]) -> str:
+    unique = list(dict.fromkeys(str(Path(c).resolve()) for c in candidates))
+    hint = "" if os.environ.get("RETROMEM_DATA") else " (or set RETROMEM_DATA to a folder holding beir/)"
     return (f"Put corpus.jsonl, queries.jsonl and qrels/<split>.tsv of {name!r} in one of: "
-            + ", ".join(str(c) for c in candidates) + " (or set RETROMEM_DATA)")
+            + ", ".join(unique) + hint)
 
 
 def _safe_extract(zf: zipfile.ZipFile, dest: Path) -> None:
