@@ -490,6 +490,30 @@ def test_continuing_from_final_keeps_its_objective_and_options(tiny_model, corpu
     assert json.loads((plain / "pretrain_config.json").read_text())["objective"] == "mlm:1+retromae:1"
 
 
+def test_another_objective_says_which_saved_options_it_does_not_carry_over(tiny_model, corpus, tmp_path, caplog):
+    first = pretrain(make_config(tiny_model, corpus, tmp_path / "first", max_steps=1, objective="dupmae",
+                                 objective_options={"decoder_mask_ratio": 0.3}))
+    with caplog.at_level(logging.WARNING, logger="retromem.pretrain.model"):
+        again = pretrain(make_config(tiny_model, corpus, tmp_path / "again", model=str(first), from_scratch=False,
+                                     objective="dupmae+bow", max_steps=1))
+    assert json.loads((again / "pretrain_config.json").read_text())["options"]["decoder_mask_ratio"] == 0.5
+    assert "decoder_mask_ratio=0.3 are not carried over (now decoder_mask_ratio=0.5)" in caplog.text
+
+
+@pytest.mark.parametrize("objective, options, flag", [
+    ("retromae", {"dupmae_bow_weight": 2.0}, "--dupmae-bow-weight"),
+    ("mlm", {"decoder_mask_ratio": 0.5}, "--decoder-mask-ratio"),
+    ("bow", {"matryoshka_submodels": "1:32"}, "--matryoshka-submodels"),
+    ("retromae", {"bow_decay": "none"}, "--bow-decay"),
+    ("cotmae", {"enhanced_decoding": False}, "--basic-decoding"),
+])
+def test_an_option_no_objective_of_the_run_acts_on_is_refused(tiny_model, corpus, tmp_path, objective, options,
+                                                             flag):
+    with pytest.raises(RetromemError, match=f"{flag} .* only, and the objective is"):
+        pretrain(make_config(tiny_model, corpus, tmp_path / "run", objective=objective, objective_options=options))
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 def test_a_minimum_segment_below_what_the_objective_needs_is_refused(tiny_model, corpus, tmp_path):
     with pytest.raises(RetromemError, match="min_segment_length 3 is below the 4 tokens"):
         pretrain(make_config(tiny_model, corpus, tmp_path / "run", objective="cotmae", min_segment_length=3))

@@ -136,6 +136,14 @@ class PretrainModel(nn.Module):
         same = objective is None or ObjectivePlan(objective).spec == ObjectivePlan(saved["objective"]).spec
         options = {**saved["options"], **objective_options} if same else dict(objective_options)
         plan = ObjectivePlan(saved["objective"] if objective is None else objective, **options)
+        if not same:
+            now = plan.options.to_dict()
+            dropped = {k: v for k, v in saved["options"].items() if k in now and now[k] != v}
+            if dropped:
+                logger.warning("%s: continuing with %s instead of %s, the saved options %s are not carried over "
+                               "(now %s); give them again to keep them", folder, plan.spec, saved["objective"],
+                               ", ".join(f"{k}={v!r}" for k, v in dropped.items()),
+                               ", ".join(f"{k}={now[k]!r}" for k in dropped))
         tok = _load_tokenizer(str(folder))
         encoder = AutoModel.from_pretrained(str(folder))
         with torch.device("meta"):

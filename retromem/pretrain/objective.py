@@ -122,6 +122,33 @@ class ObjectiveOptions:
         return data
 
 
+#: The objectives each option acts on; options not listed (masking) act on all of them.
+OPTION_OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "decoder_mask_ratio": ("retromae", "dupmae", "cotmae"),
+    "enhanced_decoding": ("retromae", "dupmae"),
+    "decoder_layers": ("retromae", "dupmae", "cotmae"),
+    "dupmae_bow_weight": ("dupmae",),
+    "bow_decay": ("bow",),
+    "matryoshka_submodels": ("matryoshka",),
+    "matryoshka_samples": ("matryoshka",),
+}
+
+#: The command-line flag of each option, for messages.
+OPTION_FLAGS = {"enhanced_decoding": "--basic-decoding", "whole_word_mask": "--no-whole-word-mask"}
+
+
+def check_options_apply(plan: ObjectivePlan, given: Mapping[str, Any]) -> None:
+    """Refuse options, given explicitly, that no objective of ``plan`` acts on (they would do nothing)."""
+    names = {o.name for o in plan.objectives}
+    idle = [k for k, v in given.items() if v is not None and k in OPTION_OBJECTIVES
+            and not names & set(OPTION_OBJECTIVES[k])]
+    if idle:
+        described = "; ".join(f"{OPTION_FLAGS.get(k, '--' + k.replace('_', '-'))} ({k}) acts on "
+                              f"{' or '.join(OPTION_OBJECTIVES[k])} only" for k in idle)
+        raise ObjectiveError(f"{described}, and the objective is {plan.spec}: drop the option, or add the "
+                             "objective it belongs to")
+
+
 def parse_submodels(text: str) -> list[tuple[int, int]]:
     """Parse ``"3:384,6:128"`` into [(3, 384), (6, 128)] ((layer, dim) pairs)."""
     pairs = []

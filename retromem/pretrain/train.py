@@ -43,6 +43,7 @@ from retromem.io import read_json, write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL, resolve_model_path
 from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
 from retromem.pretrain.model import PretrainModel
+from retromem.pretrain.objective import check_options_apply
 from retromem.pretrain.trainer_utils import (
     PRECISIONS,
     CurrentIntervalsCallback,
@@ -408,7 +409,15 @@ class ProgressFractionCallback(TrainerCallback):
 # ---- helpers -----------------------------------------------------------------------------------
 
 def _build_model(config: PretrainConfig) -> PretrainModel:
-    """The model to train: a PretrainModel folder continues with its heads; an encoder gets fresh heads."""
+    """The model to train: a PretrainModel folder continues with its heads; an encoder gets fresh heads.
+
+    Options given for objectives the run does not train are refused."""
+    model = _load_model(config)
+    check_options_apply(model.plan, config.objective_options)
+    return model
+
+
+def _load_model(config: PretrainConfig) -> PretrainModel:
     options = dict(config.objective_options)
     objective = config.objective or DEFAULT_OBJECTIVE
     if not config.from_scratch:
