@@ -371,7 +371,7 @@ def test_resuming_refuses_other_optimisation_settings_and_foreign_checkpoints(tm
     run = tmp_path / "run"
     shutil.rmtree(run / "final")
     shutil.rmtree(run / "checkpoint-4")
-    with pytest.raises(MismatchError, match="weight_decay"):
+    with pytest.raises(MismatchError, match=r"weight_decay: 0.0\d* in that run, 0.5 now"):
         finetune(_config(tmp_path, tiny_model_dir, toy_beir, max_steps=4, save_steps=2, hard_negatives=0,
                          weight_decay=0.5))
     # an explicit checkpoint of another run is checked against that run's settings, beside it

@@ -310,7 +310,7 @@ def test_resume_refuses_a_different_run_and_never_refuses_old_checkpoints(tiny_m
     with pytest.raises(MismatchError, match="objective"):
         _refuse_changed_run(make_config(tiny_model, corpus, out, objective="bow"), 1, checkpoint, {"objective": None})
     # the number of processes sets the batch and where in the data a step is
-    with pytest.raises(MismatchError, match="world_size"):
+    with pytest.raises(MismatchError, match="the number of processes: 8 in that run, 4 now"):
         _refuse_changed_run(make_config(tiny_model, corpus, out), 4, checkpoint, {"world_size": 8})
 
 
@@ -322,11 +322,13 @@ def test_bad_options_are_refused(tiny_model, corpus, tmp_path):
         ({"streaming": True, "max_steps": -1}, "streaming"),
         ({"max_steps": -1, "epochs": 0}, "max_steps"),
         ({"resume": str(tmp_path / "nowhere")}, "resume must be"),
-        ({"head_learning_rate": 0.0}, "head_learning_rate must be > 0"),
-        ({"head_warmup_steps": -1}, "head_warmup_steps must be >= 0"),
+        ({"head_learning_rate": 0.0}, r"head_learning_rate \(--head-lr\) must be > 0"),
+        ({"learning_rate": -1.0}, r"learning_rate \(--lr\) must be > 0, got -1.0"),
+        ({"per_device_batch_size": 0}, r"per_device_batch_size \(--batch-size\) must be at least 1"),
+        ({"head_warmup_steps": -1}, r"head_warmup_steps \(--head-warmup-steps\) must be >= 0"),
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
         ({"dataloader_workers": -2}, "dataloader_workers"),
-        ({"shuffle_buffer": 0}, "shuffle_buffer must be at least 1"),
+        ({"shuffle_buffer": 0}, r"shuffle_buffer \(--shuffle-buffer\) must be at least 1"),
         ({"head_warmup_steps": 3, "max_steps": 3}, "leaves none of the 3 steps to the encoder"),
     ]
     for overrides, message in bad:
@@ -517,7 +519,7 @@ def test_an_option_no_objective_of_the_run_acts_on_is_refused(tiny_model, corpus
 def test_a_minimum_segment_below_what_the_objective_needs_is_refused(tiny_model, corpus, tmp_path):
     with pytest.raises(RetromemError, match="min_segment_length 3 is below the 4 tokens"):
         pretrain(make_config(tiny_model, corpus, tmp_path / "run", objective="cotmae", min_segment_length=3))
-    with pytest.raises(RetromemError, match="min_segment_length must be at least 2"):
+    with pytest.raises(RetromemError, match=r"min_segment_length \(--min-segment-length\) must be at least 2"):
         make_config(tiny_model, corpus, tmp_path / "run", min_segment_length=1).validate()
 
 

@@ -43,16 +43,14 @@ class MaskingError(RetromemError, ValueError):
     """A masking option out of range (a ratio outside (0, 1), replacement shares above 1)."""
 
 
-def check_ratio(name: str, value: float) -> float:
+def check_ratio(name: str, value: float, examples: str = "e.g. 0.15 for MLM, 0.3 for RetroMAE") -> float:
     """Return ``value`` if it is a ratio strictly inside (0, 1); raise a ValueError naming the option."""
     try:
         ratio = float(value)
     except (TypeError, ValueError) as err:
         raise MaskingError(f"{name} must be a number in (0, 1), got {value!r}") from err
     if not 0.0 < ratio < 1.0:
-        raise MaskingError(
-            f"{name} must be strictly between 0 and 1, got {value!r} (e.g. 0.15 for MLM, 0.3 for RetroMAE)"
-        )
+        raise MaskingError(f"{name} must be strictly between 0 and 1, got {value!r} ({examples})")
     return ratio
 
 

@@ -829,14 +829,16 @@ def _refuse_changed_run(config: FinetuneConfig, data_key: str, world_size: int, 
                         previous: dict[str, Any]) -> None:
     """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that trained otherwise or on other data,
     or with another number of processes (which sets the batch and where in the data a step is)."""
-    changed = [k for k in _RESUME_MUST_MATCH if k in previous and previous[k] != getattr(config, k)]
+    current = json.loads(json.dumps(asdict(config)))  # as it was written: tuples become lists
+    changed = [f"{k}: {previous[k]!r} in that run, {current[k]!r} now" for k in _RESUME_MUST_MATCH
+               if k in previous and previous[k] != current[k]]
     if previous.get("world_size", world_size) != world_size:
-        changed.append(f"the number of processes ({previous['world_size']} then, {world_size} now)")
+        changed.append(f"the number of processes: {previous['world_size']} in that run, {world_size} now")
     if previous.get("data_key") != data_key:
-        changed.append("training data / mining settings")
+        changed.append("the training data or the mining settings")
     if changed:
-        raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it; "
-                            "use the same options, or another --output to start afresh")
+        raise MismatchError(f"cannot resume {checkpoint}, written with other settings ({'; '.join(changed)}): use "
+                            "the same options, or another --output to start afresh")
 
 
 def _finished_before(final: Path, config: FinetuneConfig, inputs: dict[str, Any]) -> bool:

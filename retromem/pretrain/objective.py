@@ -444,11 +444,13 @@ class ObjectivePlan:
         o = self.options
         if o.encoder_mask_ratio is None:
             o.encoder_mask_ratio = max(REGISTRY[n].default_encoder_mask_ratio for n in names)
-        check_ratio("encoder_mask_ratio", o.encoder_mask_ratio)
+        check_ratio("encoder_mask_ratio (--encoder-mask-ratio)", o.encoder_mask_ratio,
+                    "the defaults: 0.15 for mlm alone, 0.3 with a bottleneck objective")
         decoder = next((n for n in names if REGISTRY[n].has_decoder), None)
         if o.decoder_mask_ratio is None:
             o.decoder_mask_ratio = 0.45 if decoder == "cotmae" else 0.5
-        check_ratio("decoder_mask_ratio", o.decoder_mask_ratio)
+        check_ratio("decoder_mask_ratio (--decoder-mask-ratio)", o.decoder_mask_ratio,
+                    "the defaults: 0.5 for retromae and dupmae, 0.45 for cotmae")
         if o.decoder_layers is None:
             o.decoder_layers = 2 if decoder == "cotmae" else 1
         if int(o.decoder_layers) != o.decoder_layers or o.decoder_layers < 1:

@@ -74,6 +74,17 @@ _RESUME_MUST_MATCH = ("model", "objective", "objective_options", "from_scratch",
                       "head_warmup_steps", "lr_scheduler", "warmup", "weight_decay", "max_grad_norm", "seed")
 
 
+#: The ``retromem pretrain`` flag of each config field whose name differs from it, for messages.
+FLAGS = {"per_device_batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
+         "learning_rate": "--lr", "head_learning_rate": "--head-lr", "output_dir": "--output", "data": "--data",
+         "objective_options": "the objective options", "warmup": "--warmup"}
+
+
+def named(field_name: str) -> str:
+    """A config field as a message names it: ``learning_rate (--lr)``."""
+    return f"{field_name} ({FLAGS.get(field_name, '--' + field_name.replace('_', '-'))})"
+
+
 @dataclass
 class PretrainConfig:
     """Everything one pretraining run needs; each field maps to a ``retromem pretrain`` option."""
@@ -159,23 +170,26 @@ class PretrainConfig:
         for name in ("max_length", "per_device_batch_size", "gradient_accumulation_steps", "save_steps",
                      "logging_steps", "shuffle_buffer"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise RetromemError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise RetromemError(f"{named(name)} must be at least 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs <= 0:
-            raise RetromemError("give max_steps > 0 or epochs > 0")
+            raise RetromemError(f"give {named('max_steps')} > 0 or {named('epochs')} > 0")
         if self.streaming and self.max_steps <= 0:
-            raise RetromemError("streaming text has no known length: give max_steps")
-        if self.warmup < 0 or self.learning_rate <= 0:
-            raise RetromemError("warmup must be >= 0 and learning_rate > 0")
+            raise RetromemError(f"streaming text has no known length: give {named('max_steps')}")
+        if self.warmup < 0:
+            raise RetromemError(f"{named('warmup')} must be >= 0, got {self.warmup}")
+        if self.learning_rate <= 0:
+            raise RetromemError(f"{named('learning_rate')} must be > 0, got {self.learning_rate}")
         if self.head_learning_rate is not None and self.head_learning_rate <= 0:
-            raise RetromemError(f"head_learning_rate must be > 0 (or unset), got {self.head_learning_rate}")
+            raise RetromemError(f"{named('head_learning_rate')} must be > 0 (or unset), got {self.head_learning_rate}")
         if self.min_segment_length is not None and self.min_segment_length < 2:
-            raise RetromemError(f"min_segment_length must be at least 2 (one token to mask, one to see), "
+            raise RetromemError(f"{named('min_segment_length')} must be at least 2 (one token to mask, one to see), "
                                 f"got {self.min_segment_length}")
         if self.max_grad_norm < 0 or self.weight_decay < 0 or self.dataloader_workers < 0:
-            raise RetromemError(f"max_grad_norm ({self.max_grad_norm}), weight_decay ({self.weight_decay}) and "
-                                f"dataloader_workers ({self.dataloader_workers}) must be >= 0")
+            raise RetromemError(f"{named('max_grad_norm')} ({self.max_grad_norm}), {named('weight_decay')} "
+                                f"({self.weight_decay}) and {named('dataloader_workers')} ({self.dataloader_workers}) "
+                                "must be >= 0")
         if self.head_warmup_steps < 0:
-            raise RetromemError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
+            raise RetromemError(f"{named('head_warmup_steps')} must be >= 0, got {self.head_warmup_steps}")
         if self.head_warmup_steps and 0 < self.max_steps <= self.head_warmup_steps:
             raise RetromemError(f"head_warmup_steps ({self.head_warmup_steps}) leaves none of the {self.max_steps} "
                                 "steps to the encoder: give fewer head warm-up steps or more max_steps")
@@ -504,9 +518,10 @@ def _refuse_changed_run(config: PretrainConfig, world_size: int, checkpoint: Pat
         previous = {**previous, "objective": previous["objective"] or implied}
     changed = [k for k in (*_RESUME_MUST_MATCH, "world_size") if k in previous and previous[k] != current[k]]
     if changed:
-        raise MismatchError(f"cannot resume {checkpoint}: {', '.join(changed)} differ from the run that wrote it "
-                            f"({', '.join(f'{k}={previous[k]!r}' for k in changed)}); use the same options, or "
-                            "another --output to start afresh")
+        what = "; ".join(f"{'the number of processes' if k == 'world_size' else named(k)}: {previous[k]!r} in "
+                         f"that run, {current[k]!r} now" for k in changed)
+        raise MismatchError(f"cannot resume {checkpoint}, written with other settings ({what}): use the same "
+                            "options, or another --output to start afresh")
 
 
 def _report_callbacks(config: PretrainConfig, output_dir: Path) -> list[TrainerCallback]:
