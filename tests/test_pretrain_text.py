@@ -224,6 +224,22 @@ def test_a_saved_data_set_folder_is_left_as_it_was_and_its_cache_reused(tokenize
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
 
 
+def test_a_title_or_id_field_that_nothing_has_is_an_error(tokenizer, tmp_path):
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"body": v, "ident": k}) + "\n" for k, v in DOCS.items()), encoding="utf-8")
+    for streaming in (False, True):
+        with pytest.raises(DataError, match=r"no line has the field\(s\) 'headline'") as err:
+            load([str(jsonl)], tokenizer, tmp_path, text_field="body", title_field="headline", streaming=streaming)
+        assert err.value.path == jsonl and "--title-field" in str(err.value) and "body, ident" in str(err.value)
+    # a field some lines have is fine
+    assert load([str(jsonl)], tokenizer, tmp_path, text_field="body", id_field="ident")
+    csv = tmp_path / "docs.csv"
+    csv.write_text("text,source\n" + "".join(f'"{v}",wiki\n' for v in DOCS.values()), encoding="utf-8")
+    with pytest.raises(DataError, match="no 'nope' column") as err:
+        load([f"datasets:{csv}"], tokenizer, tmp_path, title_field="nope")
+    assert "--title-field" in str(err.value)
+
+
 def test_empty_corpus_missing_file_and_too_short_texts(tokenizer, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n   \n\n", encoding="utf-8")

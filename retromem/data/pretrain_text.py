@@ -322,7 +322,14 @@ def _read_text_file(path: Path) -> Iterator[dict]:
 
 
 def _read_jsonl_file(path: Path, text_field: str, title_field: str | None, id_field: str | None) -> Iterator[dict]:
+    """The documents of a JSONL file. A title or id field that no line has is an error (a misspelt name)."""
+    missing = {f for f in (title_field, id_field) if f}
+    fields: set[str] = set()
     for lineno, obj in iter_jsonl(path):
+        if missing:
+            missing -= obj.keys()
+            if len(fields) < 1000:
+                fields.update(obj)
         if text_field not in obj:
             raise DataError(f"no {text_field!r} field", path, lineno,
                             f"every line needs it; or pick the text field with --text-field "
@@ -340,6 +347,11 @@ def _read_jsonl_file(path: Path, text_field: str, title_field: str | None, id_fi
             continue
         doc_id = obj.get(id_field) if id_field else obj.get("_id", obj.get("id"))
         yield {"doc_id": str(doc_id) if doc_id is not None else f"{path.name}:{lineno}", "text": text}
+    if missing:
+        flags = {title_field: "--title-field", id_field: "--id-field"}
+        raise DataError(f"no line has the field(s) {', '.join(repr(f) for f in sorted(missing))}", path,
+                        fix=f"check {', '.join(flags[f] for f in sorted(missing))}; the lines have: "
+                            f"{', '.join(sorted(fields)) or 'no fields'}")
 
 
 def _from_datasets(source: TextSource, streaming: bool, cache_dir: Path | None):
@@ -383,8 +395,12 @@ def _project(loaded, where: Path, source: TextSource, cache_file: Path | None):
     if source.text_field not in columns:
         raise DataError(f"no {source.text_field!r} column (columns: {', '.join(columns)})", where,
                         fix="pick the text column with --text-field")
-    fields = {"text_field": source.text_field, "title_field": source.title_field if source.title_field in columns
-              else None, "id_field": source.id_field if source.id_field in columns else None, "where": str(where)}
+    for field, flag in ((source.title_field, "--title-field"), (source.id_field, "--id-field")):
+        if field and field not in columns:
+            raise DataError(f"no {field!r} column (columns: {', '.join(columns)})", where,
+                            fix=f"check {flag}, or leave it out")
+    fields = {"text_field": source.text_field, "title_field": source.title_field, "id_field": source.id_field,
+              "where": str(where)}
     extra = {"cache_file_name": str(cache_file)} if cache_file is not None else {}
     return loaded.map(_project_rows, batched=True, with_indices=True, remove_columns=columns,
                       features=_DOCUMENT_FEATURES, fn_kwargs=fields, **extra)
