@@ -33,16 +33,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows an option's default, unless it has none (None, or required) or its help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or action.required or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retromem",
@@ -543,6 +533,18 @@ def _setup_logging(verbose: bool) -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it has none (None, or required) or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.required or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def current_umask() -> int:
-    """The process's file-mode creation mask (read by setting it, and at once back)."""
+    """The process's file-mode creation mask.
+
+    Read from /proc where there is one; elsewhere by setting it and at once back (which another thread
+    creating a file at that instant could notice).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
