@@ -183,7 +183,7 @@ class PretrainModel(nn.Module):
     ) -> PretrainCollator:
         """A batch collator: callable(list[{"input_ids": [...]}]) -> dict of tensors for ``forward``.
 
-        Its random draws (masks, the enhanced-decoding matrix) come from ``generator``; else, with a
+        Its random draws (the encoder's and a basic decoder's masks) come from ``generator``; else, with a
         ``seed``, from a generator seeded by it and each batch's tokens; else from torch's global one.
         """
         self._check_max_length(max_length)
