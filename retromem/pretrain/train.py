@@ -76,8 +76,8 @@ _RESUME_MUST_MATCH = ("model", "objective", "objective_options", "from_scratch",
 
 #: The ``retromem pretrain`` flag of each config field whose name differs from it, for messages.
 FLAGS = {"per_device_batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
-         "learning_rate": "--lr", "head_learning_rate": "--head-lr", "output_dir": "--output", "data": "--data",
-         "objective_options": "the objective options", "warmup": "--warmup"}
+         "learning_rate": "--lr", "head_learning_rate": "--head-lr", "output_dir": "--output",
+         "objective_options": "the objective options"}
 
 
 def named(field_name: str) -> str:
