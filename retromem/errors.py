@@ -31,3 +31,7 @@ class MismatchError(RetromemError, ValueError):
 
 class MissingDataError(RetromemError, FileNotFoundError):
     """A data set, split or artifact is not where it was looked for; the message says where to put it."""
+
+
+class ConfigError(RetromemError, ValueError):
+    """An option out of range or of an unknown kind: names the option (and its flag) and the values allowed."""

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from retromem import __version__
+from retromem.artifacts import SCHEMA_VERSION, corpus_ref
 from retromem.data.beir import iter_corpus
 from retromem.errors import MismatchError, MissingDataError
 from retromem.index.embeddings import EmbeddingSet, encode_corpus, is_complete
@@ -52,8 +54,10 @@ def test_encode_writes_vectors_ids_and_metadata(tiny_beir, encoder, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["embeddings.npy", "encoder.json", "ids.txt", "meta.json"]
     assert (out / "ids.txt").read_text().splitlines() == [p.id for p in passages] == result.ids
     meta = json.loads((out / "meta.json").read_text())
-    assert meta == dict(encoder.metadata(), count=40, dtype="float32", corpus="tiny")
-    assert json.loads((out / "encoder.json").read_text()) == encoder.metadata()
+    corpus_meta = {"name": "tiny", "count": 40, "digest": corpus_ref(passages).digest, "file": None}
+    assert meta == dict(encoder.metadata(), count=40, dtype="float32", corpus=corpus_meta, kind="embeddings",
+                        schema=SCHEMA_VERSION, retromem=__version__)
+    assert json.loads((out / "encoder.json").read_text()) == dict(encoder.metadata(), chunk_size=CHUNK)
     stored = np.load(out / "embeddings.npy")
     assert stored.dtype == np.float32 and stored.shape == (40, 64)
     # each chunk is encoded on its own: the file holds exactly those vectors, in corpus order
@@ -69,7 +73,7 @@ def test_encode_writes_vectors_ids_and_metadata(tiny_beir, encoder, tmp_path):
 def test_keep_chunks_leaves_the_shards(tiny_beir, encoder, tmp_path):
     encode_corpus(corpus(tiny_beir), encoder, tmp_path / "emb", chunk_size=CHUNK, keep_chunks=True)
     names = sorted(p.name for p in (tmp_path / "emb" / "chunks").iterdir())
-    assert names == [f"chunk-{i:06d}.{ext}" for i in range(7) for ext in ("ids", "npy")]
+    assert names == [f"chunk-{i:06d}.{ext}" for i in range(7) for ext in ("ids", "npy", "sha256")]
     assert len((tmp_path / "emb" / "chunks" / "chunk-000006.ids").read_text().splitlines()) == 4
 
 
@@ -83,7 +87,7 @@ def test_an_interrupted_encode_resumes_and_gives_identical_vectors(tiny_beir, en
         encode_corpus(corpus(tiny_beir), encoder, out, chunk_size=CHUNK)
     assert not is_complete(out)
     finished = sorted(p.name for p in (out / "chunks").iterdir())
-    assert finished == [f"chunk-{i:06d}.{ext}" for i in range(3) for ext in ("ids", "npy")]   # no half files
+    assert finished == [f"chunk-{i:06d}.{ext}" for i in range(3) for ext in ("ids", "npy", "sha256")]   # no half files
     with pytest.raises(MissingDataError, match="run it again to resume"):
         EmbeddingSet.load(out)
 

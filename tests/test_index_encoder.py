@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from retromem import device as device_module
 from retromem.data.passage import Passage
-from retromem.index import encoder as encoder_module
+from retromem.device import cpu_supports_bf16, resolve_autocast_dtype
 from retromem.index.encoder import (
     Encoder,
     EncoderConfig,
-    cpu_supports_bf16,
     read_sentence_transformers_config,
-    resolve_autocast_dtype,
 )
 from retromem.model_paths import model_fingerprint, resolve_model_path
 
@@ -206,13 +205,13 @@ def test_auto_precision_follows_the_cpu():
 
 def test_default_device_is_the_local_rank_gpu_under_a_launcher(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert encoder_module.default_device() == "cpu"
+    assert device_module.default_device() == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert encoder_module.default_device() == "cuda"
+    assert device_module.default_device() == "cuda"
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert encoder_module.default_device() == "cuda:1"
+    assert device_module.default_device() == "cuda:1"
 
 
 # ---------------------------------------------------------------- metadata and configuration errors

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer, BertConfig, TrainerCallback
 
+from retromem.device import cpu_supports_bf16, resolve_precision
 from retromem.errors import MismatchError, RetromemError
-from retromem.index.encoder import cpu_supports_bf16
 from retromem.model_paths import resolve_model_path
 from retromem.pretrain.model import PretrainModel
 from retromem.pretrain.train import (
@@ -32,7 +32,7 @@ from retromem.pretrain.train import (
     pretrain,
     save_final,
 )
-from retromem.pretrain.trainer_utils import find_resume_checkpoint, resolve_precision
+from retromem.pretrain.trainer_utils import find_resume_checkpoint
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,55 +1,83 @@
 """The whole BEIR chain for a dense encoder: corpus -> embeddings -> FAISS index -> run -> metrics.
 
-Everything that takes time is cached in a work directory per (data set, encoder settings), so a
-second evaluation reuses finished embeddings and indexes (and an interrupted encode resumes)::
+Everything that takes time is cached in a work directory per (data set, encoder settings) (see
+:mod:`retromem.workdir`), so a second evaluation reuses finished embeddings and indexes (and an
+interrupted encode resumes); what is reused is checked first, and embeddings of a corpus whose text
+changed since are encoded again::
 
-    <workdir>/<dataset>/<model>-<key>/embeddings/      see retromem.index.embeddings
-    <workdir>/<dataset>/<model>-<key>/index-<factory>/ see retromem.index.faiss_index
-    <workdir>/<dataset>/<model>-<key>/runs/<split>-<factory>.trec
+    <workdir>/<dataset>-<where>/<model>-<key>/embeddings/                  see retromem.index.embeddings
+    <workdir>/<dataset>-<where>/<model>-<key>/index-<factory>-<metric>/    see retromem.index.faiss_index
+    <workdir>/<dataset>-<where>/<model>-<key>/runs/<run>.trec
+    <workdir>/<dataset>-<where>/<model>-<key>/results/<run>/               results.json, per_query.json, ...
 
-``<key>`` hashes what changes the vectors: the weights' fingerprint, pooling, normalisation, maximum
-length, passage prefix and precision.
+``<run>`` names the split and everything of the search that changes the results (:func:`run_key`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from retromem.data.beir import BeirDataset, LoadReport, corpus_file, default_cache_dir, load_beir
-from retromem.eval.beir_metrics import DEFAULT_K_VALUES, BeirScores, evaluate
+from retromem.data.beir import BeirDataset, LoadReport, corpus_file, load_beir
+from retromem.errors import ConfigError
+from retromem.eval.beir_metrics import DEFAULT_K_VALUES, METRIC_FAMILIES, BeirScores, evaluate
 from retromem.eval.report import plot_per_query, write_results
-from retromem.index.embeddings import encode_corpus, is_complete
+from retromem.index.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus
 from retromem.index.encoder import Encoder, EncoderConfig
-from retromem.index.faiss_index import DenseIndex, IndexConfig, build_index
+from retromem.index.faiss_index import IndexConfig, build_or_reuse_index
 from retromem.io import count_lines
+from retromem.options import check_options, option
 from retromem.retrieve.dense import DenseSearcher
 from retromem.retrieve.runfile import read_trec_run, write_trec_run
+from retromem.workdir import slug, work_directory
 
 log = logging.getLogger(__name__)
+
+
+# The command line's text -> value for two options below (they must exist when the class is made).
+def parse_k_values(text: str) -> tuple[int, ...]:
+    """``"1,10,100"`` -> ``(1, 10, 100)`` (the command line's --k-values)."""
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as err:
+        raise ConfigError(f"k_values (--k-values) must be comma-separated integers, got {text!r}") from err
+
+
+def parse_plot_metric(text: str) -> str | None:
+    """``none`` (any case) is no plot; anything else is a metric name."""
+    return None if text.strip().lower() == "none" else text.strip()
 
 
 @dataclass
 class BeirEvalConfig:
     """A dense BEIR evaluation. ``workdir`` defaults to ``$RETROMEM_CACHE/work`` (``~/.cache/retromem/work``)."""
 
-    dataset: str
-    split: str = "test"
+    dataset: str = option(help="BEIR data set name (looked up in $RETROMEM_DATA/beir, ../shared/data/beir, the "
+                          "cache, then downloaded) or folder")
+    split: str = option("test", help="qrels split to evaluate")
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
-    top_k: int = 1000
-    k_values: tuple[int, ...] = DEFAULT_K_VALUES
-    ignore_identical_ids: bool = True
-    workdir: Path | None = None
-    output_dir: Path | None = None
-    chunk_size: int = 4096
+    top_k: int = option(1000, min=1, help="documents retrieved per query")
+    k_values: tuple[int, ...] = option(DEFAULT_K_VALUES, parse=parse_k_values, metavar="K,K,...",
+                                       help="cut-offs of the metrics, comma-separated")
+    ignore_identical_ids: bool = option(True, flag="--keep-identical-ids", help="score a document whose id equals "
+                                        "the query id (BEIR removes them by default)")
+    workdir: Path | None = option(None, help="cache of embeddings/indexes/runs (default: $RETROMEM_CACHE/work or "
+                                  "~/.cache/retromem/work)")
+    output_dir: Path | None = option(None, flag="--output", help="results folder (default: <workdir>/results/<run>, "
+                                     "named like the run file; or beside --run)")
+    chunk_size: int = option(DEFAULT_CHUNK_SIZE, min=1, help="passages per encoding chunk: the unit of resuming and "
+                             "of work shared between processes")
     show_progress: bool = False
-    plot_metric: str | None = "NDCG@10"
+    plot_metric: str | None = option("NDCG@10", flag="--plot", parse=parse_plot_metric,
+                                     help="metric plotted per query ('none' for no plot)")
+
+    def __post_init__(self) -> None:
+        check_options(self)
+        self.k_values = check_k_values(self.k_values)
+        check_plot_metric(self.plot_metric, self.k_values)
 
 
 @dataclass
@@ -77,39 +105,35 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult | None:
     encoder = Encoder(config.encoder)
     timings["load"] = time.perf_counter() - clock
 
-    work = work_directory(config.workdir, dataset.name, encoder.metadata())
+    work = work_directory(config.workdir, dataset.root, encoder.metadata())
     emb_dir = work / "embeddings"
     clock = time.perf_counter()
-    if is_complete(emb_dir):
-        reused.append("embeddings")
     embeddings = encode_corpus(dataset.iter_corpus(), encoder, emb_dir, chunk_size=config.chunk_size,
                                total=count_lines(corpus_file(dataset.root)), show_progress=config.show_progress,
-                               corpus_name=str(dataset.corpus_path))
+                               corpus_name=str(dataset.corpus_path), corpus_path=dataset.corpus_path,
+                               replace_stale=True)
     timings["encode"] = time.perf_counter() - clock
     if embeddings is None:  # a rank > 0 under accelerate launch: rank 0 indexes, searches and scores
         return None
+    if embeddings.reused:
+        reused.append("embeddings")
     dataset.check_qrels_docs(frozenset(embeddings.ids))
 
     clock = time.perf_counter()
-    index_dir = work / f"index-{_slug(config.index.factory)}-{config.index.metric}"
-    if _index_matches(index_dir, embeddings):
-        index = DenseIndex.load(index_dir, config=config.index)
+    index_dir = work / f"index-{slug(config.index.factory)}-{config.index.metric}"
+    index, index_reused = build_or_reuse_index(embeddings, index_dir, config.index, show_progress=config.show_progress,
+                                               replace_other=True)
+    if index_reused:
         reused.append("index")
-    else:
-        index = build_index(embeddings, index_dir, config.index, show_progress=config.show_progress)
-        if config.index.search_params:
-            index = DenseIndex.load(index_dir, config=config.index)
     timings["index"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     # one more than asked, so that dropping a query's own id (BEIR's convention) still leaves top_k
     k = config.top_k + 1 if config.ignore_identical_ids else config.top_k
     run = DenseSearcher(encoder, index).search(dataset.queries, k=k)
-    run_name = f"{config.split}-{config.index.factory}-{config.index.metric}-top{config.top_k}"
-    if config.index.search_params:
-        run_name += f"-{config.index.search_params}"
-    run_path = work / "runs" / f"{_slug(run_name)}.trec"
-    write_trec_run(run, run_path, tag=f"retromem-{_slug(str(config.encoder.model))}")
+    run_name = slug(run_key(config))
+    run_path = work / "runs" / f"{run_name}.trec"
+    write_trec_run(run, run_path, tag=f"retromem-{slug(str(config.encoder.model))}")
     timings["search"] = time.perf_counter() - clock
 
     metadata = {
@@ -118,7 +142,7 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult | None:
                                                  "search_params": config.index.search_params},
         "top_k": config.top_k, "run_file": str(run_path), "workdir": str(work), "reused": reused,
     }
-    output_dir = Path(config.output_dir) if config.output_dir else work / "results" / config.split
+    output_dir = Path(config.output_dir) if config.output_dir else work / "results" / run_name
     result = _score(dataset, run, config, output_dir, metadata, timings)
     return BeirEvalResult(scores=result[0], results_path=result[1], run_path=run_path, workdir=work,
                           timings=timings, reused=reused, report=dataset.report, metadata=metadata)
@@ -141,21 +165,36 @@ def evaluate_run_beir(dataset_name: str, run_file: str | Path, split: str = "tes
                           timings=timings, reused=[], report=dataset.report, metadata=metadata)
 
 
-def work_directory(root: Path | str | None, dataset: str, encoder_meta: dict) -> Path:
-    """``<root>/<dataset>/<model>-<key>``: one folder per data set and vector-changing encoder settings."""
-    root = Path(root) if root else default_cache_dir() / "work"
-    keys = ("fingerprint", "pooling", "normalize", "max_length", "passage_prefix", "precision")
-    key = hashlib.sha256(json.dumps({k: encoder_meta.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()
-    return root / dataset / f"{_slug(Path(str(encoder_meta['model'])).name)}-{key[:10]}"
+def run_key(config: BeirEvalConfig) -> str:
+    """What names a run and its results: the split and everything of the search that changes them."""
+    name = f"{config.split}-{config.index.factory}-{config.index.metric}-top{config.top_k}"
+    if config.index.search_params:
+        name += f"-{config.index.search_params}"
+    if not config.ignore_identical_ids:
+        name += "-identical-ids"
+    return name
 
 
-def _index_matches(index_dir: Path, embeddings) -> bool:
-    """A finished index built from these very embeddings (same encoder fingerprint and count)."""
-    if not (index_dir / "index.json").exists():
-        return False
-    meta = json.loads((index_dir / "index.json").read_text())
-    return (meta.get("fingerprint") == embeddings.meta.get("fingerprint")
-            and meta.get("ntotal") == len(embeddings.ids) and meta.get("precision") == embeddings.meta.get("precision"))
+def check_k_values(values) -> tuple[int, ...]:
+    """The cut-offs sorted and without repeats; none, or one below 1, is refused."""
+    ks = tuple(sorted({int(k) for k in values}))
+    if not ks or ks[0] < 1:
+        given = ",".join(map(str, values)) or "none"
+        raise ConfigError(f"k_values (--k-values) must be positive integers, got {given}")
+    return ks
+
+
+def check_plot_metric(metric: str | None, k_values: tuple[int, ...]) -> None:
+    """Refuse a metric to plot that the evaluation does not compute (a family not in BEIR's, or another cut-off)."""
+    if metric is None:
+        return
+    family, _, k = metric.partition("@")
+    if family in METRIC_FAMILIES and k.isdigit() and int(k) in k_values:
+        return
+    known = ", ".join(f"{f}@{k}" for f in METRIC_FAMILIES for k in k_values[:2])
+    raise ConfigError(f"plot_metric (--plot) {metric!r} is not computed: give one of the metric families "
+                      f"{', '.join(METRIC_FAMILIES)} at a cut-off of --k-values ({','.join(map(str, k_values))}), "
+                      f"e.g. {known}, ..., or 'none'")
 
 
 def _score(dataset: BeirDataset, run, config: BeirEvalConfig, output_dir: Path, metadata: dict,
@@ -166,10 +205,5 @@ def _score(dataset: BeirDataset, run, config: BeirEvalConfig, output_dir: Path, 
     metadata = dict(metadata, timings=timings, warnings=dataset.report.warnings)
     results_path = write_results(output_dir, scores, metadata)
     if config.plot_metric and config.plot_metric in scores.mean:
-        plot_per_query(scores, config.plot_metric, output_dir / f"per_query_{_slug(config.plot_metric)}.png")
+        plot_per_query(scores, config.plot_metric, output_dir / f"per_query_{slug(config.plot_metric)}.png")
     return scores, results_path
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-

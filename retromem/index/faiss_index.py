@@ -9,18 +9,22 @@ load time when ``faiss.get_num_gpus() > 0`` (sharded or replicated over all GPUs
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from retromem.errors import MismatchError, MissingDataError, RetromemError
-from retromem.index.embeddings import VECTOR_KEYS, EmbeddingSet
-from retromem.io import atomic_path, read_json, write_json_atomic
+from retromem.artifacts import QUERY_FIELDS, ArtifactMeta, require_compatible
+from retromem.errors import ConfigError, DataError, MismatchError, MissingDataError, RetromemError
+from retromem.index.embeddings import EmbeddingSet
+from retromem.io import atomic_path, read_json
+from retromem.options import check_options, option
 
 log = logging.getLogger(__name__)
 
+KIND = "faiss_index"
 METRICS = ("ip", "l2")
 GPU_MODES = ("auto", "never", "always")
 
@@ -33,21 +37,21 @@ class IndexConfig:
     ``search_params`` is a FAISS ParameterSpace string such as "efSearch=128" or "nprobe=32".
     """
 
-    factory: str = "Flat"
-    metric: str = "ip"
-    train_size: int = 200_000
-    add_batch: int = 65_536
-    search_params: str = ""
-    gpu: str = "auto"
-    gpu_shard: bool = True
-    gpu_fp16: bool = False
-    seed: int = 0
+    factory: str = option("Flat", help="FAISS index_factory string: Flat, HNSW32, IVF1024,Flat, IVF4096,PQ64, "
+                          "OPQ32,IVF1024,PQ32 ...")
+    metric: str = option("ip", choices=METRICS, help="inner product (cosine when normalised) or L2")
+    train_size: int = option(200_000, min=1, help="vectors sampled to train IVF/PQ indexes")
+    add_batch: int = option(65_536, min=1, cli=False, help="vectors added to the index at a time")
+    search_params: str = option("", help="FAISS search parameters, e.g. efSearch=128 or nprobe=32")
+    gpu: str = option("auto", choices=GPU_MODES, help="auto = on all GPUs when faiss.get_num_gpus() > 0; always = "
+                      "refuse to run without one; never = CPU")
+    gpu_shard: bool = option(True, flag="--gpu-replicate", help="replicate the index on every GPU (throughput) "
+                             "instead of sharding it (memory)")
+    gpu_fp16: bool = option(False, help="store GPU index vectors in fp16")
+    seed: int = option(0, cli=False, help="seed of the training sample")
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.gpu not in GPU_MODES:
-            raise ValueError(f"gpu must be one of {GPU_MODES}, got {self.gpu!r}")
+        check_options(self)
 
 
 def build_index(embeddings: EmbeddingSet | str | Path, out_dir: str | Path, config: IndexConfig | None = None,
@@ -56,30 +60,80 @@ def build_index(embeddings: EmbeddingSet | str | Path, out_dir: str | Path, conf
     faiss = import_faiss()
     config = config or IndexConfig()
     emb = embeddings if isinstance(embeddings, EmbeddingSet) else EmbeddingSet.load(embeddings)
+    if not emb.ids:
+        raise MissingDataError(f"{emb.path} holds no vectors: encode a corpus with passages in it first")
+    _refuse_a_file(Path(out_dir))
     metric = faiss.METRIC_INNER_PRODUCT if config.metric == "ip" else faiss.METRIC_L2
     try:
         index = faiss.index_factory(emb.dim, config.factory, metric)
     except RuntimeError as err:
-        raise ValueError(f"FAISS cannot build {config.factory!r}: {str(err).strip().splitlines()[-1]}") from err
+        raise ConfigError(f"FAISS cannot build {config.factory!r} (--factory): {_faiss_reason(err)}") from err
     work = to_gpu(index, config) if use_gpu(config) else index
     if not index.is_trained:
         rng = np.random.default_rng(config.seed)
         n_train = min(config.train_size, len(emb.ids))
         sample = np.sort(rng.choice(len(emb.ids), size=n_train, replace=False))
+        _check_enough_to_train(faiss, index, config.factory, n_train, len(emb.ids))
         log.info("training %s on %d vectors", config.factory, n_train)
-        work.train(np.ascontiguousarray(emb.vectors[sample], dtype=np.float32))
+        try:
+            work.train(np.ascontiguousarray(emb.vectors[sample], dtype=np.float32))
+        except RuntimeError as err:
+            raise ConfigError(f"FAISS cannot train {config.factory!r} on {n_train} vectors: {_faiss_reason(err)} "
+                              "(choose a smaller index, e.g. fewer IVF lists, or raise --train-size)") from err
     for start in tqdm(range(0, len(emb.ids), config.add_batch), desc="indexing", unit="batch",
                       disable=not show_progress, leave=False):
         work.add(np.ascontiguousarray(emb.vectors[start:start + config.add_batch], dtype=np.float32))
     if work is not index:
         index = faiss.index_gpu_to_cpu(work)
-    meta = {key: emb.meta.get(key) for key in emb.meta}
-    meta.update(factory=config.factory, metric=config.metric, ntotal=int(index.ntotal), embeddings=str(emb.path))
-    save_index(index, emb.ids, meta, out_dir)
-    return DenseIndex(index=index, ids=emb.ids, meta=meta, config=config, path=Path(out_dir))
+    artifact = ArtifactMeta(kind=KIND, encoder=emb.artifact.encoder, corpus=emb.artifact.corpus,
+                            details={**emb.artifact.details, **_build_settings(config), "ntotal": int(index.ntotal),
+                                     "embeddings": str(emb.path)})
+    save_index(index, emb.ids, artifact, out_dir)
+    return DenseIndex(index=index, ids=emb.ids, meta=artifact.to_json(), config=config, path=Path(out_dir))
 
 
-def save_index(index, ids: list[str], meta: dict, out_dir: str | Path) -> None:
+def build_or_reuse_index(embeddings: EmbeddingSet, out_dir: str | Path, config: IndexConfig | None = None,
+                         show_progress: bool = False, replace_other: bool = False) -> tuple[DenseIndex, bool]:
+    """The index in ``out_dir`` if it was built from ``embeddings`` with ``config``'s factory, metric and
+    training sample (``(index, True)``), else a new one built there (``(index, False)``).
+
+    An index of other embeddings or settings already in ``out_dir`` is refused (:class:`MismatchError`,
+    saying what differs), unless ``replace_other`` (a work directory's cache), which rebuilds it.
+    """
+    config = config or IndexConfig()
+    out_dir = Path(out_dir)
+    if (out_dir / "index.json").exists():
+        reason = index_differs(out_dir, embeddings, config)
+        if reason is None:
+            return DenseIndex.load(out_dir, config=config), True
+        if not replace_other:
+            raise MismatchError(f"{out_dir} already holds an index {reason}: choose another --output, or delete it "
+                                "to build this one there")
+        log.warning("%s holds an index %s: rebuilding it", out_dir, reason)
+    index = build_index(embeddings, out_dir, config, show_progress=show_progress)
+    if config.search_params:
+        index = DenseIndex.load(out_dir, config=config)
+    return index, False
+
+
+def index_differs(index_dir: Path, embeddings: EmbeddingSet, config: IndexConfig) -> str | None:
+    """Why the finished index in ``index_dir`` is not the one ``config`` would build from ``embeddings``
+    (``"of other embeddings (...)"``, ``"built with other settings (...)"``), or None when it is."""
+    found = ArtifactMeta.read(index_dir / "index.json", KIND)
+    try:
+        require_compatible(found, index_dir, encoder=embeddings.artifact.encoder.to_dict(),
+                           corpus=embeddings.artifact.corpus)
+    except MismatchError as err:
+        return f"of other embeddings ({str(err).split('; ')[0].removeprefix(str(index_dir) + ' ')})"
+    if found.details.get("ntotal") != len(embeddings.ids):
+        return f"of other embeddings ({found.details.get('ntotal')} vectors, not {len(embeddings.ids)})"
+    wanted = _build_settings(config)
+    diffs = [f"{k}: {found.details.get(k)!r}, not {v!r}" for k, v in wanted.items()
+             if found.details.get(k, v if k in ("train_size", "seed") else None) != v]
+    return f"built with other settings ({'; '.join(diffs)})" if diffs else None
+
+
+def save_index(index, ids: list[str], artifact: ArtifactMeta, out_dir: str | Path) -> None:
     """Write ``index.faiss``, ``ids.txt`` and ``index.json`` (last, so its presence means complete)."""
     faiss = import_faiss()
     out_dir = Path(out_dir)
@@ -89,14 +143,15 @@ def save_index(index, ids: list[str], meta: dict, out_dir: str | Path) -> None:
         faiss.write_index(index, str(tmp))
     with atomic_path(out_dir / "ids.txt") as tmp:
         tmp.write_text("\n".join(ids) + "\n", encoding="utf-8")
-    write_json_atomic(out_dir / "index.json", meta)
+    artifact.write(out_dir / "index.json")
 
 
 class DenseIndex:
-    """A loaded index with its ids and metadata."""
+    """A loaded index with its ids, ``meta`` (the JSON of ``index.json``) and ``artifact`` (the same, typed)."""
 
     def __init__(self, index, ids: list[str], meta: dict, config: IndexConfig | None = None,
                  path: Path | None = None):
+        self.artifact = ArtifactMeta.from_json(meta, KIND, where=path)
         self.config = config or IndexConfig(factory=meta.get("factory", "Flat"), metric=meta.get("metric", "ip"))
         self.ids = ids
         self.meta = meta
@@ -116,7 +171,11 @@ class DenseIndex:
             raise MissingDataError(f"{path} holds no finished index (index.json is missing): build it with "
                                    "`retromem index build`")
         meta = read_json(path / "index.json")
-        index = faiss.read_index(str(path / "index.faiss"))
+        try:
+            index = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as err:
+            raise DataError(f"FAISS cannot read the index ({_faiss_reason(err)})", path / "index.faiss",
+                            fix="the file is damaged or truncated: rebuild it with `retromem index build`") from err
         ids = (path / "ids.txt").read_text(encoding="utf-8").splitlines()
         if len(ids) != index.ntotal:
             raise MismatchError(f"{path}: ids.txt has {len(ids)} ids but the index holds {index.ntotal} vectors; "
@@ -131,16 +190,15 @@ class DenseIndex:
 
     def check_encoder(self, encoder_meta: dict) -> None:
         """Refuse a query encoder that differs from the one that made the indexed vectors."""
-        keys = [k for k in VECTOR_KEYS if k != "passage_prefix"]
-        diffs = [f"{k}: index {self.meta.get(k)!r} vs query encoder {encoder_meta.get(k)!r}"
-                 for k in keys if self.meta.get(k) != encoder_meta.get(k)]
-        if diffs:
-            where = f" {self.path}" if self.path else ""
-            raise MismatchError(f"the index{where} was built by a different encoder ({'; '.join(diffs)}); "
-                                "search it with the encoder that built it, or rebuild the index")
+        where = f"the index {self.path}" if self.path else "the index"
+        require_compatible(self.artifact, where, encoder=encoder_meta, fields=QUERY_FIELDS,
+                           labels=("index", "query encoder"),
+                           fix="search it with the encoder that built it, or rebuild the index")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top-``k`` scores ``(n, k)`` and doc ids per query (fewer ids where the index has fewer hits)."""
+        if k < 1:
+            raise ConfigError(f"top_k (--top-k) must be at least 1, got {k}")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise MismatchError(f"query vectors have shape {queries.shape}, the index has dimension {self.dim}")
@@ -157,7 +215,7 @@ def set_search_params(index, params: str) -> None:
     try:
         space.set_index_parameters(index, params)
     except RuntimeError as err:
-        raise ValueError(f"cannot set search parameters {params!r}: {str(err).strip().splitlines()[-1]}") from err
+        raise ConfigError(f"cannot set search parameters {params!r} (--search-params): {_faiss_reason(err)}") from err
 
 
 def use_gpu(config: IndexConfig) -> bool:
@@ -191,6 +249,35 @@ def import_faiss():
         raise ImportError("retromem needs FAISS: pip install 'retromem[cpu]' (faiss-cpu) or "
                           "'retromem[gpu]' (faiss-gpu)") from err
     return faiss
+
+
+def _build_settings(config: IndexConfig) -> dict:
+    """What of ``config`` shapes the built index (recorded in index.json, compared on reuse)."""
+    return {"factory": config.factory, "metric": config.metric, "train_size": config.train_size, "seed": config.seed}
+
+
+def _refuse_a_file(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--output {out_dir} is a file, not a folder: give a folder for the index")
+
+
+def _check_enough_to_train(faiss, index, factory: str, n_train: int, n_vectors: int) -> None:
+    """Refuse an IVF index with more lists than training vectors, saying how many it needs."""
+    try:
+        nlist = faiss.extract_index_ivf(index).nlist
+    except (RuntimeError, AttributeError):
+        return
+    if n_train < nlist:
+        need = "raise --train-size" if n_train < n_vectors else "there are only that many vectors"
+        raise ConfigError(f"factory (--factory) {factory!r} has {nlist} IVF lists, which need at least {nlist} "
+                          f"training vectors (FAISS advises 39 per list, {39 * nlist}); it got {n_train} ({need}): "
+                          f"use fewer lists, e.g. IVF{max(1, n_vectors // 39)},Flat, or Flat")
+
+
+def _faiss_reason(err: Exception) -> str:
+    """The last line of a FAISS error, without its C++ function and source location."""
+    lines = str(err).strip().splitlines()
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", lines[-1]) if lines else type(err).__name__
 
 
 def _is_gpu_index(index) -> bool:

@@ -72,28 +72,26 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from retromem.cpu_memory import keep_freed_memory
 from retromem.data.beir import corpus_file, load_beir, qrels_file, resolve_beir_dir
 from retromem.data.passage import Passage
+from retromem.device import PRECISIONS, has_accelerator, resolve_precision
 from retromem.errors import DataError, MismatchError, RetromemError
-from retromem.eval.beir_pipeline import work_directory
 from retromem.index.embeddings import encode_corpus
 from retromem.index.encoder import Encoder, EncoderConfig, read_sentence_transformers_config
 from retromem.index.faiss_index import DenseIndex, IndexConfig, build_index
 from retromem.io import atomic_path, count_lines, iter_jsonl, read_json, write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL, model_fingerprint, resolve_model_path
 from retromem.pretrain.trainer_utils import (
-    PRECISIONS,
     CurrentIntervalsCallback,
     atomic_folder,
     check_resume,
     checkpoint_step,
     checkpoint_to_resume,
-    has_accelerator,
     log_through_logging,
     options_from_dict,
     plot_training_losses,
     reporters,
-    resolve_precision,
     run_complete,
 )
+from retromem.workdir import work_directory
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +501,7 @@ def beir_examples(config: FinetuneConfig, get_encoder, report: ExampleReport, wr
         clock = time.perf_counter()
         never = never_negatives(queries, positives, dataset.iter_corpus)
         candidates = mine_negatives(queries, never, dataset.iter_corpus, get_encoder(), config.mining(),
-                                    name=dataset.name, workdir=config.mining_workdir,
+                                    name=str(dataset.root), workdir=config.mining_workdir,
                                     total=count_lines(corpus_file(dataset.root)), show_progress=config.show_progress,
                                     write=write)
         report.mining_seconds += time.perf_counter() - clock

@@ -38,6 +38,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 
 from retromem.cpu_memory import keep_freed_memory
 from retromem.data.pretrain_text import load_pretrain_segments
+from retromem.device import PRECISIONS, has_accelerator, resolve_precision
 from retromem.errors import MismatchError, RetromemError
 from retromem.io import read_json, write_json_atomic
 from retromem.model_paths import DEFAULT_MODEL, resolve_model_path
@@ -45,17 +46,14 @@ from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
 from retromem.pretrain.model import PretrainModel
 from retromem.pretrain.objective import check_options_apply
 from retromem.pretrain.trainer_utils import (
-    PRECISIONS,
     CurrentIntervalsCallback,
     atomic_folder,
     check_resume,
     checkpoint_to_resume,
-    has_accelerator,
     log_through_logging,
     options_from_dict,
     plot_training_losses,
     reporters,
-    resolve_precision,
     run_complete,
 )
 

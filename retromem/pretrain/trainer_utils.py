@@ -3,7 +3,6 @@
 trainer, a ``Trainer`` subclass).
 
 - options: a run's options dataclass from a dict (:func:`options_from_dict`);
-- precision: ``auto`` resolved to what the machine does best (:func:`resolve_precision`);
 - reporters: ``report_to`` parsed and checked (:func:`reporters`);
 - checkpoints: the ``checkpoint-<step>`` folders of a run, which are complete, and the one to resume
   from as a run's ``resume`` option (:func:`check_resume`) says (:func:`checkpoint_to_resume`);
@@ -25,18 +24,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from retromem.errors import RetromemError
-from retromem.index.encoder import cpu_supports_bf16
 from retromem.io import atomic_path, read_json, usual_modes
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REPORTERS = ("none", "tensorboard", "wandb")
 
 Options = TypeVar("Options")
@@ -49,32 +45,6 @@ def options_from_dict(cls: type[Options], values: dict[str, Any], what: str) -> 
     if unknown:
         raise RetromemError(f"unknown {what} option(s): {', '.join(unknown)}")
     return cls(**values)
-
-
-def resolve_precision(precision: str) -> str:
-    """Turn ``auto`` into what this machine does best: bf16 (else fp16) on CUDA, bf16 autocast on CPUs with
-    native bf16 (AVX512-BF16/AMX), else fp32. fp16 without an accelerator is refused."""
-    if precision not in PRECISIONS:
-        raise RetromemError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    on_cpu = not has_accelerator()
-    if precision == "auto":
-        if torch.cuda.is_available():
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if on_cpu and cpu_supports_bf16() else "fp32"
-    if precision == "fp16" and on_cpu:
-        raise RetromemError("fp16 mixed precision needs a GPU: use --precision bf16 (CPUs with AVX512-BF16/AMX) "
-                            "or fp32")
-    return precision
-
-
-def has_accelerator() -> bool:
-    """Whether the trainer will run on an accelerator (CUDA, Apple MPS, Intel XPU) rather than the CPU."""
-    if torch.cuda.is_available():
-        return True
-    backends = getattr(torch, "backends", None)
-    if backends is not None and getattr(backends, "mps", None) is not None and backends.mps.is_available():
-        return True
-    return bool(getattr(torch, "xpu", None) is not None and torch.xpu.is_available())
 
 
 def reporters(report_to: str | Sequence[str]) -> list[str]:

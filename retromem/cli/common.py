@@ -1,0 +1,109 @@
+"""What the commands share: the help formatter, logging, the main-process test, the encoder and index
+option groups, and the checks of output paths."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from retromem.cli.options import add_options, config_from_args
+from retromem.errors import ConfigError
+
+EXIT_USAGE = 2
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless it has none (None, or required), it is a switch (its default is
+    the switch's absence), or its help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is None or action.required or isinstance(action.default, bool) or "default" in text
+                or action.default == argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def add_command(sub, name: str, run, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand parser with the shared formatter, whose ``func`` is ``run``."""
+    parser = sub.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_encoder_options(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The ``encoder`` option group (:class:`retromem.index.encoder.EncoderConfig`)."""
+    from retromem.index.encoder import EncoderConfig
+
+    add_options(parser.add_argument_group("encoder"), EncoderConfig, defaults=defaults)
+
+
+def encoder_config(args: argparse.Namespace):
+    from retromem.index.encoder import EncoderConfig
+
+    return config_from_args(EncoderConfig, args)
+
+
+def add_index_options(parser: argparse.ArgumentParser, only=None) -> None:
+    """The ``index`` option group (:class:`retromem.index.faiss_index.IndexConfig`)."""
+    from retromem.index.faiss_index import IndexConfig
+
+    add_options(parser.add_argument_group("index"), IndexConfig, only=only)
+
+
+def index_config(args: argparse.Namespace):
+    from retromem.index.faiss_index import IndexConfig
+
+    return config_from_args(IndexConfig, args)
+
+
+def check_output_file(path: Path, flag: str = "--output") -> None:
+    """Refuse an output file that is a folder or whose folder cannot be written, before any work is done."""
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: give a file name")
+    check_writable(path.parent if str(path.parent) else Path("."), flag, path)
+
+
+def check_output_folder(path: Path, flag: str = "--output") -> None:
+    """Refuse an output folder that is a file or that cannot be made or written, before any work is done."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file: give a folder")
+    check_writable(path, flag, path)
+
+
+def check_writable(folder: Path, flag: str, target: Path) -> None:
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {target}: {existing} is a file, so nothing can be written below it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {target}: {existing} is not writable (choose a folder you can write to)")
+
+
+def is_main_process() -> bool:
+    """Under accelerate launch / torchrun only rank 0 reports."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def show_training_logs() -> None:
+    """Losses and learning rate every --logging-steps, on stderr beside the progress bar."""
+    for name in ("retromem.pretrain", "retromem.data.pretrain_text"):
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
