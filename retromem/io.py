@@ -89,17 +89,30 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            content = line.rstrip("\r\n")  # parsed without its line ending, so no error points past it
             try:
-                obj = json.loads(line)
+                obj = json.loads(content)
             except json.JSONDecodeError as err:
                 raise DataError(
-                    f"malformed JSON ({err.msg}, column {err.colno})", path, lineno,
+                    f"malformed JSON ({err.msg}, {_json_column(content, err)})", path, lineno,
                     "each line must be one JSON object; fix or remove that line",
                 ) from err
             if not isinstance(obj, dict):
                 raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, lineno,
                                 "each line must be one JSON object")
             yield lineno, obj
+
+
+def _json_column(content: str, err: json.JSONDecodeError) -> str:
+    """Where on its line a JSONL error is: 1-based character column; a line that ends early says so.
+
+    ``content`` is one line without its line ending (a JSONL line holds no other newline), so the
+    error's offset is the column on that line; at the very end it is one past the last character.
+    """
+    column = err.pos + 1
+    if err.pos >= len(content.rstrip()):
+        return f"column {column} at the end of the line: the object is cut short"
+    return f"column {column}"
 
 
 def open_text(path: str | Path) -> TextLines:
