@@ -167,7 +167,21 @@ def test_empty_texts_are_warned_counted_and_still_yielded(tiny_beir, caplog):
     assert passages[1].full_text() == "" and passages[3].full_text() == "only title"
     assert dataset.report.empty_texts == 2
     assert len(dataset.report.warnings) == 1 and "lines 2, 3" in dataset.report.warnings[0]
+    assert "'d2'" in dataset.report.warnings[0] and "'d3'" in dataset.report.warnings[0]
     assert "empty title and text" in caplog.text
+
+
+def test_empty_texts_warning_names_the_first_ids_and_is_given_once_per_report(tiny_beir):
+    lines = [doc(i, text="", title="") for i in range(7)] + [doc(7)]
+    write_lines(tiny_beir / "corpus.jsonl", lines)
+    dataset = load_beir(tiny_beir)
+    assert len(list(dataset.iter_corpus())) == 8
+    assert len(list(dataset.iter_corpus())) == 8          # streamed again (as a resumed encoding does)
+    assert dataset.report.empty_texts == 7
+    assert len(dataset.report.warnings) == 1
+    warning = dataset.report.warnings[0]
+    assert warning.startswith(f"{tiny_beir / 'corpus.jsonl'}: 7 document(s) with empty title and text")
+    assert all(f"'d{i}'" in warning for i in range(5)) and "'d5'" not in warning and "..." in warning
 
 
 def test_an_empty_corpus_is_an_error(tmp_path):
@@ -217,6 +231,66 @@ def test_malformed_qrels_rows_name_file_and_line(tiny_beir, row, message):
     with pytest.raises(DataError) as err:
         load_beir(tiny_beir)
     assert message in str(err.value) and err.value.line == 14 and err.value.path.name == "test.tsv"
+
+
+def test_qrels_pair_judged_twice_with_different_grades_names_both_lines(tiny_beir):
+    path = tiny_beir / "qrels" / "test.tsv"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("q0\tdoc1\t1\n")               # line 14; line 8 judges q0/doc1 with grade 2
+    with pytest.raises(DataError) as err:
+        load_beir(tiny_beir)
+    message = str(err.value)
+    assert err.value.path == path and err.value.line == 14
+    assert f"{path}:8" in message and f"{path}:14" in message
+    assert "'q0'" in message and "'doc1'" in message and "grade 2" in message and "grade 1" in message
+    assert err.value.fix and "one line" in err.value.fix
+
+
+def test_an_exact_duplicate_qrels_line_is_kept_once_counted_and_warned(tiny_beir, caplog):
+    path = tiny_beir / "qrels" / "test.tsv"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("q0\tdoc1\t2\nq1\tdoc3\t1.0\n")   # lines 14, 15 repeat lines 8 and 3
+    with caplog.at_level(logging.WARNING, logger="retromem.data.beir"):
+        dataset = load_beir(tiny_beir)
+    assert dataset.qrels["q0"] == {"doc0": 1, "doc1": 2} and dataset.qrels["q1"] == {"doc3": 1, "doc4": 2}
+    assert dataset.report.duplicate_qrels == 2
+    assert len(dataset.report.warnings) == 1
+    warning = dataset.report.warnings[0]
+    assert str(path) in warning and "2 duplicate judgment line(s)" in warning
+    assert "line 14 repeats line 8" in warning and "duplicate judgment" in caplog.text
+
+
+@pytest.mark.parametrize("row, hint", [
+    ("q0\t0\tdoc5\t1", "awk"),                    # TREC qrels with tabs: 4 columns
+    ("q0 0 doc5 1", "awk"),                          # TREC qrels with spaces: 1 column
+    ("q0 doc5 1", "tabs"),                           # BEIR columns separated by spaces
+    ("q0\tdoc5", "query-id<TAB>corpus-id<TAB>score"),
+])
+def test_qrels_column_errors_give_a_fix_that_exists(tiny_beir, row, hint):
+    with open(tiny_beir / "qrels" / "test.tsv", "a", encoding="utf-8") as handle:
+        handle.write(row + "\n")
+    with pytest.raises(DataError) as err:
+        load_beir(tiny_beir)
+    assert err.value.line == 14 and "expected 3 tab-separated columns" in str(err.value)
+    assert "--qrels-format" not in str(err.value) and hint in err.value.fix
+
+
+def test_the_awk_hint_turns_trec_qrels_into_qrels_the_loader_reads(tiny_beir, tmp_path):
+    import subprocess
+
+    awk = shutil.which("awk")
+    if awk is None:
+        pytest.skip("no awk here")
+    trec = tmp_path / "qrels.trec"
+    trec.write_text("q0 0 doc0 1\nq0 0 doc1 2\nq1 0 doc3 1\n", encoding="utf-8")
+    target = tiny_beir / "qrels" / "test.tsv"
+    target.write_text("q0\t0\tdoc0\t1\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        load_beir(tiny_beir)
+    command = err.value.fix.split("convert it with ", 1)[1].split(" FILE.trec", 1)[0]
+    with open(trec, encoding="utf-8") as src, open(target, "w", encoding="utf-8") as dst:
+        subprocess.run(["sh", "-c", command], stdin=src, stdout=dst, check=True)
+    assert load_beir(tiny_beir).qrels == {"q0": {"doc0": 1, "doc1": 2}, "q1": {"doc3": 1}}
 
 
 @pytest.mark.parametrize("line, message", [

@@ -31,6 +31,7 @@ Qrels = dict[str, dict[str, int]]
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_EXAMPLES = 5   # how many ids or lines a warning names
 
 
 @dataclass
@@ -40,9 +41,13 @@ class LoadReport:
     empty_texts: int = 0
     unknown_qrel_queries: int = 0
     unknown_qrel_docs: int = 0
+    duplicate_qrels: int = 0
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
+        """Record (and log) ``message``; the same message twice (a corpus streamed again) is kept once."""
+        if message in self.warnings:
+            return
         self.warnings.append(message)
         log.warning(message)
 
@@ -84,11 +89,12 @@ def load_beir(name_or_path: str | Path, split: str = "test", cache_dir: str | Pa
     """Load queries and qrels of ``split`` for a BEIR data set given by name or folder.
 
     Only queries that have judgments in the split are kept (as BEIR does). Qrels that name queries
-    missing from ``queries.jsonl`` are dropped with a warning and counted in ``report``.
+    missing from ``queries.jsonl`` are dropped with a warning and counted in ``report``; so are exact
+    duplicate qrels lines (see :func:`load_qrels`).
     """
     root = resolve_beir_dir(name_or_path, cache_dir=cache_dir, download=download)
     report = LoadReport()
-    qrels = load_qrels(qrels_file(root, split))
+    qrels = load_qrels(qrels_file(root, split), report)
     all_queries = load_queries(root / "queries.jsonl")
     unknown = sorted(q for q in qrels if q not in all_queries)
     if unknown:
@@ -193,12 +199,15 @@ def iter_corpus(path: str | Path, report: LoadReport | None = None) -> Iterator[
 
     Errors (DataError with file and line): malformed JSON, a missing ``_id`` or ``text``, a duplicate
     ``_id``. Documents whose title and text are both empty are kept (their judgments must stay valid)
-    but counted in ``report.empty_texts`` and warned about once at the end.
+    but counted in ``report.empty_texts`` and warned about (count, first ids and lines) once the
+    stream reaches the end of the file; a stream left unfinished counts nothing.
     """
     path = Path(path)
     report = report if report is not None else LoadReport()
     seen: dict[str, int] = {}
     empty_lines: list[int] = []
+    empty_ids: list[str] = []   # the first few only: the warning names them
+    empty_count = 0
     for lineno, obj in iter_jsonl(path):
         doc_id = _require_str(obj, "_id", path, lineno)
         if "text" not in obj:
@@ -213,15 +222,19 @@ def iter_corpus(path: str | Path, report: LoadReport | None = None) -> Iterator[
         if not isinstance(text, str) or not isinstance(title, str):
             raise DataError("'title' and 'text' must be strings", path, lineno)
         if not text.strip() and not title.strip():
-            empty_lines.append(lineno)
+            if len(empty_lines) < _EXAMPLES:
+                empty_lines.append(lineno)
+                empty_ids.append(doc_id)
+            empty_count += 1
         yield Passage(id=doc_id, text=text, title=title)
     if not seen:
         raise DataError("the corpus has no documents", path, fix="check that the file is the right one")
-    if empty_lines:
-        report.empty_texts = len(empty_lines)
-        report.warn(f"{path}: {len(empty_lines)} document(s) with empty title and text (lines "
-                    f"{', '.join(map(str, empty_lines[:5]))}{'...' if len(empty_lines) > 5 else ''}); "
-                    "they are indexed as empty strings")
+    if empty_count:
+        report.empty_texts = empty_count
+        more = "..." if empty_count > _EXAMPLES else ""
+        report.warn(f"{path}: {empty_count} document(s) with empty title and text (ids "
+                    f"{', '.join(map(repr, empty_ids))}{more} on lines {', '.join(map(str, empty_lines))}{more}); "
+                    "they are kept and indexed as empty strings")
 
 
 def load_queries(path: str | Path) -> dict[str, str]:
@@ -246,10 +259,19 @@ def load_queries(path: str | Path) -> dict[str, str]:
     return queries
 
 
-def load_qrels(path: str | Path) -> Qrels:
-    """Read a BEIR qrels TSV (``query-id  corpus-id  score``, header optional) into ``{qid: {docid: grade}}``."""
+def load_qrels(path: str | Path, report: LoadReport | None = None) -> Qrels:
+    """Read a BEIR qrels TSV (``query-id  corpus-id  score``, header optional) into ``{qid: {docid: grade}}``.
+
+    Errors (DataError with file and line): a line without three tab-separated columns (the fix says
+    how to convert TREC qrels), a score that is not a number, a (query, document) pair judged twice
+    with different grades (naming both lines). A pair repeated with the same grade is kept once,
+    counted in ``report.duplicate_qrels`` and warned about.
+    """
     path = Path(path)
     qrels: Qrels = {}
+    first_line: dict[tuple[str, str], int] = {}
+    duplicates: list[tuple[int, int]] = []   # (line, line it repeats), the first few only
+    duplicate_count = 0
     with open_text(path) as handle:
         for lineno, row in enumerate(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
             if not row or not "".join(row).strip():
@@ -258,16 +280,49 @@ def load_qrels(path: str | Path) -> Qrels:
                 continue
             if len(row) != 3:
                 raise DataError(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}",
-                                path, lineno, "fix the line; TREC 4-column qrels go through --qrels-format trec")
+                                path, lineno, _qrels_column_fix(row, path))
             qid, doc_id, grade = (c.strip() for c in row)
             try:
                 value = int(float(grade))
             except ValueError as err:
                 raise DataError(f"score {grade!r} is not a number", path, lineno) from err
-            qrels.setdefault(qid, {})[doc_id] = value
+            judged = qrels.setdefault(qid, {})
+            if doc_id in judged:
+                first = first_line[qid, doc_id]
+                if judged[doc_id] != value:
+                    raise DataError(
+                        f"query {qid!r}, document {doc_id!r} is judged twice with different grades: "
+                        f"grade {judged[doc_id]} at {path}:{first} and grade {value} at {path}:{lineno}",
+                        path, lineno, "keep one line per (query, document) pair, with the grade you mean")
+                duplicate_count += 1
+                if len(duplicates) < _EXAMPLES:
+                    duplicates.append((lineno, first))
+                continue
+            judged[doc_id] = value
+            first_line[qid, doc_id] = lineno
     if not qrels:
         raise DataError("no judgments in qrels file", path, fix="check the split")
+    if duplicate_count and report is not None:
+        report.duplicate_qrels = duplicate_count
+        examples = ", ".join(f"line {line} repeats line {first}" for line, first in duplicates)
+        more = ", ..." if duplicate_count > _EXAMPLES else ""
+        report.warn(f"{path}: {duplicate_count} duplicate judgment line(s) with the same grade ({examples}{more}); "
+                    "each pair is counted once")
     return qrels
+
+
+def _qrels_column_fix(row: list[str], path: Path) -> str:
+    """A fix for a qrels line without three tab-separated columns, from what the line looks like."""
+    words = "\t".join(row).split()
+    if len(row) == 4 or len(words) == 4:
+        program = 'BEGIN { OFS = "\\t"; print "query-id", "corpus-id", "score" } NF { print $1, $3, $4 }'
+        return ("this looks like TREC qrels (qid iter docid grade), but this file must be a BEIR qrels TSV "
+                f"(query-id<TAB>corpus-id<TAB>score, header optional): convert it with awk '{program}' "
+                f"FILE.trec > NEW.tsv, then put NEW.tsv in place of {path}")
+    if len(words) == 3:
+        return "the columns are separated by spaces: separate query-id, corpus-id and score with tabs"
+    return ("each line must be query-id<TAB>corpus-id<TAB>score (a header line query-id<TAB>corpus-id<TAB>score "
+            "may come first); ids may not contain tabs")
 
 
 def _require_str(obj: dict, key: str, path: Path, lineno: int) -> str:
