@@ -456,31 +456,32 @@ def report(rows: dict[str, dict], args: argparse.Namespace, out: Path) -> None:
 def summarize(rows: dict[str, dict]) -> dict[str, dict]:
     """Per arm over its seeds: mean and sample standard deviation of nDCG@10 and Recall@100, and the paired
     differences to arms (a) and (b) (same seed: same masks and fine-tuning order), whose spread is what a
-    comparison has to beat: their mean, sd, the seeds above, and the 95% t-interval of the mean."""
+    comparison has to beat: their mean, sd, the seeds above, and the 95% t-interval of the mean
+    (``retromem.eval.stats.compare_arms``)."""
     import statistics
+
+    from retromem.eval.stats import compare_arms
 
     by_arm: dict[str, dict[int, dict]] = {}
     for label, row in rows.items():
         if label != ZERO_SHOT and row:
             by_arm.setdefault(row["arm"], {})[row["seed"]] = row
+    compared = compare_arms({key: {seed: r["NDCG@10"] for seed, r in runs.items()} for key, runs in by_arm.items()},
+                            BASELINE_ARMS)
     summary = {}
     for key, runs in by_arm.items():
-        ndcg = [r["NDCG@10"] for r in runs.values()]
+        arm, first = compared[key], runs[next(iter(runs))]
         entry = {
-            "name": runs[next(iter(runs))]["name"], "objective": runs[next(iter(runs))]["objective"],
-            "seeds": sorted(runs), "n": len(ndcg), "ndcg10": ndcg,
-            "ndcg10_mean": statistics.fmean(ndcg), "ndcg10_sd": statistics.stdev(ndcg) if len(ndcg) > 1 else None,
+            "name": first["name"], "objective": first["objective"], "seeds": list(arm.seeds), "n": arm.score.n,
+            "ndcg10": list(arm.score.values), "ndcg10_mean": arm.score.mean, "ndcg10_sd": arm.score.sd,
             "recall100_mean": statistics.fmean(r.get("Recall@100", float("nan")) for r in runs.values()),
         }
-        for base in BASELINE_ARMS:
-            baseline = by_arm.get(base, {})
-            paired = [runs[seed]["NDCG@10"] - baseline[seed]["NDCG@10"] for seed in sorted(runs) if seed in baseline]
-            if key != base and paired:
-                entry[f"diff_vs_{base}"] = paired
-                entry[f"diff_vs_{base}_mean"] = statistics.fmean(paired)
-                entry[f"diff_vs_{base}_sd"] = statistics.stdev(paired) if len(paired) > 1 else None
-                entry[f"diff_vs_{base}_ci95"] = _t_interval(paired)
-                entry[f"wins_vs_{base}"] = sum(d > 0 for d in paired)
+        for base, diff in arm.versus.items():
+            entry[f"diff_vs_{base}"] = list(diff.values)
+            entry[f"diff_vs_{base}_mean"] = diff.mean
+            entry[f"diff_vs_{base}_sd"] = diff.sd
+            entry[f"diff_vs_{base}_ci95"] = diff.interval
+            entry[f"wins_vs_{base}"] = diff.n_positive
         summary[key] = entry
     return summary
 
@@ -488,13 +489,15 @@ def summarize(rows: dict[str, dict]) -> dict[str, dict]:
 def verdict(summary: dict[str, dict]) -> str:
     """The issue's goal, read from the summary: which bottlenecked arms beat both (a) and (b) on the paired
     mean, and which of them do so beyond seed noise (the 95% interval of each paired difference above 0)."""
+    from retromem.eval.stats import BEYOND_NOISE, NOT_ABOVE, estimate_mean, outcome
+
     bottlenecked = [k for k, e in summary.items() if k not in BASELINE_ARMS]
     if not bottlenecked or any(base not in summary for base in BASELINE_ARMS):
         return "goal (a bottlenecked arm beats (a) and (b)): not measured (needs arms a, b and one of c-f)"
-    on_means = [k for k in bottlenecked if all(summary[k].get(f"diff_vs_{b}_mean", -1.0) > 0 for b in BASELINE_ARMS)]
-    beyond = [k for k in on_means
-              if all((summary[k].get(f"diff_vs_{b}_ci95") or (None, None))[0] is not None
-                     and summary[k][f"diff_vs_{b}_ci95"][0] > 0 for b in BASELINE_ARMS)]
+    outcomes = {k: outcome(estimate_mean(summary[k][f"diff_vs_{b}"]) if f"diff_vs_{b}" in summary[k] else None
+                           for b in BASELINE_ARMS) for k in bottlenecked}
+    on_means = [k for k in bottlenecked if outcomes[k] != NOT_ABOVE]
+    beyond = [k for k in on_means if outcomes[k] == BEYOND_NOISE]
     if not on_means:
         return "goal (a bottlenecked arm beats (a) and (b)): not met (no arm's paired mean is above both)"
     names = ", ".join(f"({k}) {summary[k]['name']}" for k in on_means)
@@ -601,18 +604,6 @@ def _finished(run_file: Path, steps: int) -> bool:
     if not run_file.exists():
         return False
     return json.loads(run_file.read_text(encoding="utf-8")).get("global_step", -1) >= steps
-
-
-def _t_interval(values: list[float]) -> tuple[float, float] | None:
-    """The 95% Student-t interval of the mean of ``values`` (None for fewer than two)."""
-    import statistics
-
-    from scipy.stats import t
-
-    if len(values) < 2:
-        return None
-    mean, half = statistics.fmean(values), t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean - half, mean + half
 
 
 def _seconds(value) -> str:

@@ -1,4 +1,6 @@
-"""The quality benchmark's statistics: paired differences to arms (a) and (b), intervals, the goal's verdict."""
+"""The quality benchmark's report: its summary of the arms, the goal's verdict, the table, and dropped checkpoints.
+
+The statistics themselves (paired differences, intervals) are tested in test_eval_stats.py."""
 
 from __future__ import annotations
 
@@ -28,16 +30,17 @@ def _rows(scores: dict[str, list[float]]) -> dict[str, dict]:
     return rows
 
 
-def test_paired_differences_intervals_and_wins(pq):
+def test_summary_carries_the_paired_statistics_under_its_json_keys(pq):
     summary = pq.summarize(_rows({"a": [0.60, 0.62, 0.64], "b": [0.58, 0.61, 0.62], "c": [0.61, 0.64, 0.65]}))
     c = summary["c"]
+    assert c["seeds"] == [42, 43, 44] and c["n"] == 3 and c["ndcg10"] == [0.61, 0.64, 0.65]
+    assert c["ndcg10_mean"] == pytest.approx(1.9 / 3) and c["recall100_mean"] == pytest.approx(0.9)
     assert c["diff_vs_a"] == pytest.approx([0.01, 0.02, 0.01])
-    assert c["diff_vs_b"] == pytest.approx([0.03, 0.03, 0.03])
-    assert c["wins_vs_a"] == 3 and c["wins_vs_b"] == 3
+    assert c["diff_vs_a_mean"] == pytest.approx(0.013333, abs=1e-6)
+    assert c["diff_vs_a_sd"] == pytest.approx(0.005774, abs=1e-6)
     low, high = c["diff_vs_a_ci95"]
-    # mean 0.01333, sd 0.00577, t(0.975, 2) = 4.303: half-width 0.01434
     assert low == pytest.approx(0.013333 - 0.014343, abs=1e-5) and high == pytest.approx(0.013333 + 0.014343, abs=1e-5)
-    assert c["diff_vs_b_ci95"] == pytest.approx((0.03, 0.03))
+    assert c["wins_vs_a"] == 3 and c["wins_vs_b"] == 3
     assert "diff_vs_a" not in summary["a"] and summary["a"]["wins_vs_b"] == 3
 
 
