@@ -9,16 +9,10 @@ import random
 import pytest
 import torch
 
-from retromem.data.collators import (
-    IGNORE_INDEX,
-    MaskingConfig,
-    PretrainCollator,
-    TokenizerError,
-    TokenMasker,
-    ordinary_positions,
-    split_neighbouring_spans,
-)
 from retromem.errors import DataError
+from retromem.pretrain.collators import PretrainCollator
+from retromem.pretrain.cotmae import split_neighbouring_spans
+from retromem.pretrain.masking import IGNORE_INDEX, MaskingConfig, TokenizerError, TokenMasker, ordinary_positions
 from retromem.pretrain.objective import ObjectivePlan
 
 SENTENCES = [
@@ -197,7 +191,7 @@ def test_long_examples_are_cut_to_the_segment_length(masker, corpus_ids):
 
 def test_short_examples_are_skipped_with_a_warning(masker, caplog):
     collator = PretrainCollator(ObjectivePlan("retromae"), masker, max_length=32)
-    with caplog.at_level(logging.WARNING, logger="retromem.data.collators"):
+    with caplog.at_level(logging.WARNING, logger="retromem.pretrain.collators"):
         batch = collator([{"input_ids": [2000, 2001, 2002]}, {"input_ids": [2003]}, {"input_ids": []}])
     assert batch["input_ids"].shape[0] == 1
     assert collator.skipped_examples == 2

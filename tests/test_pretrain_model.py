@@ -13,7 +13,7 @@ from retromem.errors import MissingDataError, RetromemError
 from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.io import current_umask
 from retromem.pretrain.model import CONFIG_FILE, HEADS_FILE, PretrainModel
-from retromem.pretrain.objective import ObjectiveError
+from retromem.pretrain.objective_options import ObjectiveError
 
 TEXTS = [
     "Bottlenecked autoencoders learn sentence embeddings without labels.",

@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from retromem.errors import RetromemError
-from retromem.pretrain.objective import (
-    REGISTRY,
-    ObjectiveError,
-    ObjectiveOptions,
-    ObjectivePlan,
-    parse_objective_spec,
-    parse_submodels,
-)
+from retromem.pretrain.objective import ObjectivePlan, parse_objective_spec
+from retromem.pretrain.objective_base import REGISTRY
+from retromem.pretrain.objective_options import ObjectiveError, ObjectiveOptions, parse_submodels
 
 
 def test_parse_names_and_weights():

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from retromem.pretrain.objective import EncoderPass, Objective, register
+from retromem.pretrain.objective_base import EncoderPass, Objective, register
 
 
 @register

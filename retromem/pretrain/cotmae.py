@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retromem.data.collators import split_neighbouring_spans
-from retromem.pretrain.objective import EncoderPass, register
+from retromem.pretrain.objective_base import EncoderPass, register
 from retromem.pretrain.retromae import DecoderObjective, decoding_loss
 
 
@@ -36,3 +35,19 @@ def neighbour(rows: torch.Tensor) -> torch.Tensor:
     """Swap the halves of the batch: row r gets row (r + N) mod 2N, its span's neighbour."""
     half = rows.shape[0] // 2
     return torch.roll(rows, shifts=half, dims=0)
+
+
+def split_neighbouring_spans(tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each row in two neighbouring spans at its middle; return (2N, ceil(L/2)) spans and lengths.
+
+    Rows 0..N-1 are the first spans (A), rows N..2N-1 the second spans (B) of the same rows, so the
+    partner of row r is row (r + N) mod 2N.
+    """
+    first = lengths // 2
+    second = lengths - first
+    width = int(second.max()) if len(lengths) else 0  # never more than tokens.shape[1]
+    positions = torch.arange(width)[None, :]
+    a = tokens[:, :width].masked_fill(positions >= first[:, None], 0)
+    index = (first[:, None] + positions).clamp(max=max(tokens.shape[1] - 1, 0))
+    b = tokens.gather(1, index).masked_fill(positions >= second[:, None], 0)
+    return torch.cat([a, b], dim=0), torch.cat([first, second], dim=0)

@@ -20,7 +20,7 @@ from torch import nn
 
 from retromem.pretrain.bow import bag_of_words_loss
 from retromem.pretrain.mlm import cast_weight
-from retromem.pretrain.objective import EncoderPass, register
+from retromem.pretrain.objective_base import EncoderPass, register
 from retromem.pretrain.retromae import RetroMAE
 
 #: Upper bound on the number of logits materialised at once by vocab_max_pool (elements).

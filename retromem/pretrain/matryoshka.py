@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retromem.pretrain.objective import EncoderPass, Objective, ObjectiveError, register
+from retromem.pretrain.objective_base import EncoderPass, Objective, register
+from retromem.pretrain.objective_options import ObjectiveError
 
 
 @register

@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from retromem.data.collators import IGNORE_INDEX
-from retromem.pretrain.objective import EncoderPass, Objective, register
+from retromem.pretrain.masking import IGNORE_INDEX
+from retromem.pretrain.objective_base import EncoderPass, Objective, register
 
 #: Logits computed at once by linear_cross_entropy (elements). Smaller chunks re-read the (V, H)
 #: matrix more often; about 270 rows of a 30k vocabulary measured best on CPU.

@@ -1,4 +1,4 @@
-"""The common interface of the pretraining objectives, their registry, and objective specs.
+"""Objective specs and the plan that composes the objectives of one spec.
 
 A spec names objectives joined by ``+``, each with an optional weight: ``"retromae"``,
 ``"retromae+bow"``, ``"mlm:1.0+bow:0.5"``. The objectives of one spec share ONE encoder pass over
@@ -21,9 +21,8 @@ Allowed combinations, and why the others are refused:
 - with ``cotmae`` every example is cut into two neighbouring spans, and the other objectives then
   work on the spans.
 
-Each objective implements :class:`Objective`: ``build_heads`` (its trainable modules, given the
-encoder config), ``arrange``/``collate`` (its part of batching) and ``losses`` (its losses from the
-shared :class:`EncoderPass`).
+Each objective implements :class:`retromem.pretrain.objective_base.Objective` (its heads, its part
+of batching, its losses); its options are :class:`retromem.pretrain.objective_options.ObjectiveOptions`.
 """
 
 from __future__ import annotations
@@ -32,303 +31,22 @@ import difflib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from retromem.data.collators import IGNORE_INDEX, MaskingConfig, TokenMasker, check_ratio, ordinary_positions
-from retromem.errors import RetromemError
+from retromem.options import flag, named
+
+# the built-in objectives register themselves (retromem.pretrain.objective_base.register) on import
+from retromem.pretrain import bow, cotmae, dupmae, matryoshka, mlm, retromae  # noqa: F401
+from retromem.pretrain.masking import MaskingConfig, TokenMasker, check_ratio
+from retromem.pretrain.objective_base import REGISTRY, EncoderPass, Objective
+from retromem.pretrain.objective_options import OPTION_OBJECTIVES, ObjectiveError, ObjectiveOptions
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
-
-
-class ObjectiveError(RetromemError, ValueError):
-    """A bad objective spec or option: unknown name, bad weight, incompatible combination, bad value."""
-
-
-#: name -> objective class; filled by :func:`register` when the objective modules are imported.
-REGISTRY: dict[str, type[Objective]] = {}
-
-#: Objectives that bring a decoder (at most one per spec).
-DECODER_OBJECTIVES = ("retromae", "dupmae", "cotmae")
-
-
-def register(cls: type[Objective]) -> type[Objective]:
-    """Class decorator: make an objective available to specs under ``cls.name``."""
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-@dataclass
-class ObjectiveOptions:
-    """Options of the objectives (one flat set, shared by the objectives of a spec).
-
-    ``None`` means "the objective's default", resolved by :class:`ObjectivePlan`.
-    """
-
-    #: Share of the encoder's ordinary tokens masked. Default 0.30 with retromae/dupmae/cotmae/bow, 0.15 for mlm alone.
-    encoder_mask_ratio: float | None = None
-    #: Mask whole words (all word pieces of a word or none), for the encoder and the decoders.
-    whole_word_mask: bool = True
-    #: Of the masked tokens, the share replaced by [MASK] and by a random token (the rest kept): BERT's 80/10/10.
-    mask_token_prob: float = 0.8
-    random_token_prob: float = 0.1
-    #: retromae/dupmae enhanced decoding: share of positions hidden from each decoder row (default 0.5);
-    #: basic decoding: share of the decoder input masked (default 0.5); cotmae: share of the
-    #: neighbouring span masked in the decoder input (default 0.45).
-    decoder_mask_ratio: float | None = None
-    #: retromae/dupmae: enhanced decoding (two streams, position-specific attention); False = basic decoding.
-    enhanced_decoding: bool = True
-    #: Decoder depth. Default 1 for retromae/dupmae, 2 for cotmae.
-    decoder_layers: int | None = None
-    #: dupmae: weight of its bag-of-words loss relative to its decoder loss.
-    dupmae_bow_weight: float = 1.0
-    #: bow: schedule of its weight over training, "cosine" (from its weight to 0) or "none".
-    bow_decay: str = "cosine"
-    #: matryoshka: (layer, dim) sub-models, 1-based layer; None = a default list from the encoder size.
-    matryoshka_submodels: list[tuple[int, int]] | None = None
-    #: matryoshka: how many sub-models to draw at random each step (0 = all of them every step).
-    matryoshka_samples: int = 1
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> ObjectiveOptions:
-        """Build options from keyword values, refusing unknown names (with the closest known one).
-
-        A value of None means "not given" (the default), so a CLI can pass every flag as it parsed it.
-        """
-        values = {k: v for k, v in values.items() if v is not None}
-        known = {f.name for f in fields(cls)}
-        unknown = [k for k in values if k not in known]
-        if unknown:
-            hints = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ObjectiveError(f"unknown objective option(s) {', '.join(hints)}; known: {', '.join(sorted(known))}")
-        options = cls(**dict(values))
-        if isinstance(options.matryoshka_submodels, str):
-            options.matryoshka_submodels = parse_submodels(options.matryoshka_submodels)
-        elif options.matryoshka_submodels is not None:
-            options.matryoshka_submodels = [tuple(int(x) for x in pair) for pair in options.matryoshka_submodels]
-        return options
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if data["matryoshka_submodels"] is not None:
-            data["matryoshka_submodels"] = [list(pair) for pair in data["matryoshka_submodels"]]
-        return data
-
-
-#: The objectives each option acts on; options not listed (masking) act on all of them.
-OPTION_OBJECTIVES: dict[str, tuple[str, ...]] = {
-    "decoder_mask_ratio": ("retromae", "dupmae", "cotmae"),
-    "enhanced_decoding": ("retromae", "dupmae"),
-    "decoder_layers": ("retromae", "dupmae", "cotmae"),
-    "dupmae_bow_weight": ("dupmae",),
-    "bow_decay": ("bow",),
-    "matryoshka_submodels": ("matryoshka",),
-    "matryoshka_samples": ("matryoshka",),
-}
-
-#: The command-line flag of each option, for messages.
-OPTION_FLAGS = {"enhanced_decoding": "--basic-decoding", "whole_word_mask": "--no-whole-word-mask"}
-
-
-def check_options_apply(plan: ObjectivePlan, given: Mapping[str, Any]) -> None:
-    """Refuse options, given explicitly, that no objective of ``plan`` acts on (they would do nothing)."""
-    names = {o.name for o in plan.objectives}
-    idle = [k for k, v in given.items() if v is not None and k in OPTION_OBJECTIVES
-            and not names & set(OPTION_OBJECTIVES[k])]
-    if idle:
-        described = "; ".join(f"{OPTION_FLAGS.get(k, '--' + k.replace('_', '-'))} ({k}) acts on "
-                              f"{' or '.join(OPTION_OBJECTIVES[k])} only" for k in idle)
-        raise ObjectiveError(f"{described}, and the objective is {plan.spec}: drop the option, or add the "
-                             "objective it belongs to")
-
-
-def parse_submodels(text: str) -> list[tuple[int, int]]:
-    """Parse ``"3:384,6:128"`` into [(3, 384), (6, 128)] ((layer, dim) pairs)."""
-    pairs = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)[:x](\d+)", part)
-        if not match:
-            raise ObjectiveError(f"bad matryoshka sub-model {part!r}: write layer:dim pairs, e.g. '3:384,6:128'")
-        pairs.append((int(match.group(1)), int(match.group(2))))
-    if not pairs:
-        raise ObjectiveError("matryoshka_submodels is empty: write layer:dim pairs, e.g. '3:384,6:128'")
-    return pairs
-
-
-def parse_objective_spec(spec: str) -> list[tuple[str, float | None]]:
-    """Split ``"mlm:1.0+bow:0.5"`` into [("mlm", 1.0), ("bow", 0.5)]; weight None when not given.
-
-    Raises :class:`ObjectiveError` for an empty spec, an unknown name (with the closest known
-    name), a weight that is not a plain finite number >= 0 (``1``, ``0.5``, ``1e-3``), an empty
-    weight after ``:``, or a name given twice.
-    """
-    _load_objectives()
-    if not isinstance(spec, str) or not spec.strip():
-        raise ObjectiveError(f"empty objective: name one or more of {', '.join(sorted(REGISTRY))} joined by '+'")
-    parts: list[tuple[str, float | None]] = []
-    for raw in spec.split("+"):
-        item = raw.strip()
-        if not item:
-            raise ObjectiveError(
-                f"objective {spec!r} has an empty part: write e.g. 'retromae+bow' or 'mlm:1.0+bow:0.5'"
-            )
-        name, sep, weight_text = item.partition(":")
-        name = name.strip().lower()
-        if name not in REGISTRY:
-            close = difflib.get_close_matches(name, sorted(REGISTRY), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ObjectiveError(f"unknown objective {name!r} in {spec!r}{hint}; known: {', '.join(sorted(REGISTRY))}")
-        weight: float | None = None
-        if sep:
-            weight = _parse_weight(weight_text, name, spec)
-        if any(name == other for other, _ in parts):
-            raise ObjectiveError(f"objective {name!r} appears twice in {spec!r}: give it once, with its weight")
-        parts.append((name, weight))
-    return parts
-
-
-
-_WEIGHT = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?")
-
-
-def _parse_weight(text: str, name: str, spec: str) -> float:
-    """A loss weight written as a plain decimal number (no sign, no underscores, no inf/nan)."""
-    text = text.strip()
-    if not _WEIGHT.fullmatch(text):
-        raise ObjectiveError(f"weight of {name!r} in {spec!r} must be a plain number >= 0 such as 1, 0.5 or 1e-3, "
-                             f"got {text!r}" + (" (or leave out the ':' for the default)" if not text else ""))
-    weight = float(text)
-    if not math.isfinite(weight):
-        raise ObjectiveError(f"weight of {name!r} in {spec!r} is too large: {text!r}")
-    if weight == 0 and any(ch in "123456789" for ch in text.lower().split("e")[0]):
-        raise ObjectiveError(f"weight of {name!r} in {spec!r} is too small to represent: {text!r} (use 0 to turn "
-                             "the loss off)")
-    return weight
-
-@dataclass
-class EncoderPass:
-    """What the objectives share: the batch, the one encoder pass over it, and the shared modules.
-
-    ``embeddings`` is the encoder's embedding module (decoders embed tokens with it, as in the
-    papers); ``mlm_head`` maps hidden states to vocabulary logits (tied to the word embeddings).
-    """
-
-    batch: dict[str, torch.Tensor]
-    hidden: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None
-    embeddings: nn.Module
-    mlm_head: nn.Module
-    config: Any
-    heads: Mapping[str, nn.Module]
-    objectives: list[Objective]
-    cache: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        return self.batch["input_ids"]
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return self.batch["attention_mask"]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.batch["labels"]
-
-    @property
-    def sentence_embedding(self) -> torch.Tensor:
-        """The bottleneck: the last layer's state at position 0 ([CLS]), (N, H)."""
-        return self.hidden[:, 0]
-
-    @property
-    def ordinary(self) -> torch.Tensor:
-        """Bool (N, T): text positions (not [CLS], [SEP] or padding)."""
-        if "ordinary" not in self.cache:
-            self.cache["ordinary"] = ordinary_positions(self.attention_mask)
-        return self.cache["ordinary"]
-
-    @property
-    def original_ids(self) -> torch.Tensor:
-        """The unmasked input: the labels hold the original token wherever the input was changed."""
-        if "original_ids" not in self.cache:
-            self.cache["original_ids"] = torch.where(self.labels != IGNORE_INDEX, self.labels, self.input_ids)
-        return self.cache["original_ids"]
-
-    def head_of(self, objective: Objective) -> nn.Module | None:
-        """The objective's own head (None when it has none)."""
-        return self.heads.get(objective.name)
-
-    def layer_cls(self, layer: int) -> torch.Tensor:
-        """[CLS] state after encoder layer ``layer`` (1-based; the last layer without hidden_states)."""
-        if layer == self.config.num_hidden_layers:
-            return self.hidden[:, 0]
-        if self.hidden_states is None:
-            raise RuntimeError("hidden states of intermediate layers were not requested from the encoder")
-        return self.hidden_states[layer][:, 0]
-
-
-class Objective:
-    """One pretraining objective: its heads, its part of batching, its losses.
-
-    Class attributes describe it to the planner; an instance holds the resolved options and the
-    spec weight. Subclasses override what they need.
-    """
-
-    name: ClassVar[str]
-    #: Includes the encoder MLM loss (adds the ``mlm`` component unless the spec names it).
-    includes_mlm: ClassVar[bool] = False
-    #: Brings a decoder (at most one per spec).
-    has_decoder: ClassVar[bool] = False
-    #: Has a loss on the sentence embedding that matryoshka can apply to sub-models.
-    has_bottleneck: ClassVar[bool] = False
-    #: Cuts every example into a pair of neighbouring spans (batches carry 2N rows).
-    uses_pairs: ClassVar[bool] = False
-    #: Default encoder mask ratio when this objective is in the spec (the largest default wins).
-    default_encoder_mask_ratio: ClassVar[float] = 0.15
-
-    def __init__(self, options: ObjectiveOptions, weight: float, plan: ObjectivePlan):
-        self.options = options
-        self.weight = weight
-        self.plan = plan
-
-    def build_heads(self, config: PretrainedConfig) -> nn.Module | None:
-        """The objective's own trainable modules (None: it only uses the encoder and MLM head)."""
-        return None
-
-    def arrange(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rearrange the padded ordinary tokens (N, L) before framing; default: unchanged."""
-        return tokens, lengths
-
-    def collate(
-        self,
-        batch: dict[str, torch.Tensor],
-        original_ids: torch.Tensor,
-        masker: TokenMasker,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        """Add this objective's tensors to a batch that already has the masked encoder input."""
-
-    def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:
-        """Return {component name: (unweighted loss, weight)}; the model reports ``loss_<name>``."""
-        raise NotImplementedError
-
-    def bottleneck_loss(self, embedding: torch.Tensor, encoded: EncoderPass, head: nn.Module | None) -> torch.Tensor:
-        """The objective's loss with ``embedding`` (N, H) in place of the sentence embedding."""
-        raise NotImplementedError(f"{self.name} has no bottleneck loss")
-
-    def bottleneck_scale(self) -> float:
-        """Schedule factor of the bottleneck loss at the current progress (bow decays; others 1)."""
-        return 1.0
-
 
 class ObjectivePlan:
     """A parsed, validated spec with resolved options: what the collator and the model run.
@@ -444,27 +162,89 @@ class ObjectivePlan:
         o = self.options
         if o.encoder_mask_ratio is None:
             o.encoder_mask_ratio = max(REGISTRY[n].default_encoder_mask_ratio for n in names)
-        check_ratio("encoder_mask_ratio (--encoder-mask-ratio)", o.encoder_mask_ratio,
+        check_ratio(named(ObjectiveOptions, "encoder_mask_ratio"), o.encoder_mask_ratio,
                     "the defaults: 0.15 for mlm alone, 0.3 with a bottleneck objective")
         decoder = next((n for n in names if REGISTRY[n].has_decoder), None)
         if o.decoder_mask_ratio is None:
             o.decoder_mask_ratio = 0.45 if decoder == "cotmae" else 0.5
-        check_ratio("decoder_mask_ratio (--decoder-mask-ratio)", o.decoder_mask_ratio,
+        check_ratio(named(ObjectiveOptions, "decoder_mask_ratio"), o.decoder_mask_ratio,
                     "the defaults: 0.5 for retromae and dupmae, 0.45 for cotmae")
         if o.decoder_layers is None:
             o.decoder_layers = 2 if decoder == "cotmae" else 1
         if int(o.decoder_layers) != o.decoder_layers or o.decoder_layers < 1:
-            raise ObjectiveError(f"decoder_layers must be a whole number >= 1, got {o.decoder_layers}")
+            raise ObjectiveError(f"{named(o, 'decoder_layers')} must be a whole number >= 1, got {o.decoder_layers}")
         o.decoder_layers = int(o.decoder_layers)
         if o.bow_decay not in ("cosine", "none"):
-            raise ObjectiveError(f"bow_decay must be 'cosine' or 'none', got {o.bow_decay!r}")
+            raise ObjectiveError(f"{named(o, 'bow_decay')} must be 'cosine' or 'none', got {o.bow_decay!r}")
         if not math.isfinite(o.dupmae_bow_weight) or o.dupmae_bow_weight < 0:
-            raise ObjectiveError(f"dupmae_bow_weight must be a finite number >= 0, got {o.dupmae_bow_weight}")
+            raise ObjectiveError(f"{named(o, 'dupmae_bow_weight')} must be a finite number >= 0, "
+                                 f"got {o.dupmae_bow_weight}")
         if int(o.matryoshka_samples) != o.matryoshka_samples or o.matryoshka_samples < 0:
             raise ObjectiveError(
-                f"matryoshka_samples must be a whole number >= 0 (0 = all), got {o.matryoshka_samples}"
+                f"{named(o, 'matryoshka_samples')} must be a whole number >= 0 (0 = all), got {o.matryoshka_samples}"
             )
         # the replacement probabilities are checked by MaskingConfig
+
+
+def parse_objective_spec(spec: str) -> list[tuple[str, float | None]]:
+    """Split ``"mlm:1.0+bow:0.5"`` into [("mlm", 1.0), ("bow", 0.5)]; weight None when not given.
+
+    Raises :class:`ObjectiveError` for an empty spec, an unknown name (with the closest known
+    name), a weight that is not a plain finite number >= 0 (``1``, ``0.5``, ``1e-3``), an empty
+    weight after ``:``, or a name given twice.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ObjectiveError(f"empty objective: name one or more of {', '.join(sorted(REGISTRY))} joined by '+'")
+    parts: list[tuple[str, float | None]] = []
+    for raw in spec.split("+"):
+        item = raw.strip()
+        if not item:
+            raise ObjectiveError(
+                f"objective {spec!r} has an empty part: write e.g. 'retromae+bow' or 'mlm:1.0+bow:0.5'"
+            )
+        name, sep, weight_text = item.partition(":")
+        name = name.strip().lower()
+        if name not in REGISTRY:
+            close = difflib.get_close_matches(name, sorted(REGISTRY), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ObjectiveError(f"unknown objective {name!r} in {spec!r}{hint}; known: {', '.join(sorted(REGISTRY))}")
+        weight: float | None = None
+        if sep:
+            weight = _parse_weight(weight_text, name, spec)
+        if any(name == other for other, _ in parts):
+            raise ObjectiveError(f"objective {name!r} appears twice in {spec!r}: give it once, with its weight")
+        parts.append((name, weight))
+    return parts
+
+
+def check_options_apply(plan: ObjectivePlan, given: Mapping[str, Any]) -> None:
+    """Refuse options, given explicitly, that no objective of ``plan`` acts on (they would do nothing)."""
+    names = {o.name for o in plan.objectives}
+    idle = [k for k, v in given.items() if v is not None and k in OPTION_OBJECTIVES
+            and not names & set(OPTION_OBJECTIVES[k])]
+    if idle:
+        described = "; ".join(f"{flag(ObjectiveOptions, k)} ({k}) acts on "
+                              f"{' or '.join(OPTION_OBJECTIVES[k])} only" for k in idle)
+        raise ObjectiveError(f"{described}, and the objective is {plan.spec}: drop the option, or add the "
+                             "objective it belongs to")
+
+
+_WEIGHT = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?")
+
+
+def _parse_weight(text: str, name: str, spec: str) -> float:
+    """A loss weight written as a plain decimal number (no sign, no underscores, no inf/nan)."""
+    text = text.strip()
+    if not _WEIGHT.fullmatch(text):
+        raise ObjectiveError(f"weight of {name!r} in {spec!r} must be a plain number >= 0 such as 1, 0.5 or 1e-3, "
+                             f"got {text!r}" + (" (or leave out the ':' for the default)" if not text else ""))
+    weight = float(text)
+    if not math.isfinite(weight):
+        raise ObjectiveError(f"weight of {name!r} in {spec!r} is too large: {text!r}")
+    if weight == 0 and any(ch in "123456789" for ch in text.lower().split("e")[0]):
+        raise ObjectiveError(f"weight of {name!r} in {spec!r} is too small to represent: {text!r} (use 0 to turn "
+                             "the loss off)")
+    return weight
 
 
 def _check_combination(spec: str, names: list[str]) -> None:
@@ -489,10 +269,3 @@ def _check_combination(spec: str, names: list[str]) -> None:
 
 def _format_weight(weight: float) -> str:
     return f"{weight:g}"
-
-
-def _load_objectives() -> None:
-    """Import the objective modules so that they register themselves."""
-    if len(REGISTRY) >= 6:
-        return
-    from retromem.pretrain import bow, cotmae, dupmae, matryoshka, mlm, retromae  # noqa: F401

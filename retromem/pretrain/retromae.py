@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from retromem.data.collators import IGNORE_INDEX, TokenMasker
 from retromem.pretrain.decoder import ShallowDecoder, padding_mask
+from retromem.pretrain.masking import IGNORE_INDEX, TokenMasker
 from retromem.pretrain.mlm import masked_lm_loss
-from retromem.pretrain.objective import EncoderPass, Objective, ObjectiveError, register
+from retromem.pretrain.objective_base import EncoderPass, Objective, register
+from retromem.pretrain.objective_options import ObjectiveError
 
 
 class DecoderObjective(Objective):
