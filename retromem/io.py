@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from retromem.errors import DataError
+from retromem.errors import DataError, MissingDataError
 
 
 @contextlib.contextmanager
@@ -123,6 +123,7 @@ def open_text(path: str | Path) -> TextLines:
 class TextLines:
     """The lines of a UTF-8 text file, decoded one at a time, as a context manager and an iterator.
 
+    A missing file raises :class:`MissingDataError` and a folder :class:`DataError`, each naming it.
     Bytes that are not UTF-8, or a truncated ``.gz``, raise a :class:`DataError` naming the file and
     the line (a plain ``open`` would raise a ``UnicodeDecodeError`` naming neither). A byte-order mark
     at the start is dropped. Lines keep their line ending as it is in the file (``\\r\\n`` too).
@@ -130,6 +131,10 @@ class TextLines:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise DataError("is a folder, not a file", self.path, fix="give the file inside it")
+        if not self.path.exists():
+            raise MissingDataError(f"{self.path} does not exist (no such file)")
         if self.path.suffix == ".gz":
             import gzip
 

@@ -39,7 +39,7 @@ def resolve_model_path(name: str) -> str:
                                    "save_pretrained() or a sentence-transformers model folder")
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a hub id is "name" or "owner/name"
-        raise MissingDataError(f"model folder {name} does not exist")
+        raise MissingDataError(f"model {name} does not exist (no such folder or file)")
     if _offline() and not _in_hub_cache(name):
         raise MissingDataError(
             f"model {name!r} is not a folder, an alias ({DEFAULT_MODEL}) or a hub id in the local Hugging Face "

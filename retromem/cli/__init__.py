@@ -12,7 +12,7 @@ import sys
 
 from retromem import __version__
 from retromem.cli import encode, eval, finetune, index, pretrain, search
-from retromem.cli.common import EXIT_USAGE, HelpFormatter, setup_logging
+from retromem.cli.common import EXIT_USAGE, HelpFormatter, logging_to_stderr, quiet_other_libraries
 from retromem.errors import RetromemError
 
 COMMANDS = (encode, index, search, eval, pretrain, finetune)
@@ -20,13 +20,16 @@ COMMANDS = (encode, index, search, eval, pretrain, finetune)
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.given = given_options(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    setup_logging(args.verbose)
+    quiet_other_libraries()
     try:
-        return args.func(args) or 0
+        with logging_to_stderr(args.verbose):
+            return args.func(args) or 0
     except RetromemError as err:
         if args.verbose:
             raise
@@ -35,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("retromem: interrupted; finished work is kept and a rerun resumes from it", file=sys.stderr)
         return 130
+
+
+def given_options(argv: list[str]) -> frozenset[str]:
+    """The ``--flags`` that ``argv`` gives (``--flag=value`` too), so a command can tell a given default from none."""
+    return frozenset(arg.split("=", 1)[0] for arg in argv if arg.startswith("--"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,12 @@ option groups, and the checks of output paths."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from retromem.cli.options import add_options, config_from_args
@@ -59,6 +63,19 @@ def index_config(args: argparse.Namespace):
     return config_from_args(IndexConfig, args)
 
 
+def looks_like_a_file(text: str, flag: str) -> bool:
+    """Whether ``text`` names an existing file; a missing one that a file's ending gives away (``.jsonl``,
+    ``.jsonl.gz``) is refused as a missing file, not looked up as a BEIR data set folder."""
+    path = Path(text)
+    if path.is_file():
+        return True
+    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+        from retromem.errors import MissingDataError
+
+        raise MissingDataError(f"{flag} {text}: no such file")
+    return False
+
+
 def check_output_file(path: Path, flag: str = "--output") -> None:
     """Refuse an output file that is a folder or whose folder cannot be written, before any work is done."""
     if path.is_dir():
@@ -74,13 +91,20 @@ def check_output_folder(path: Path, flag: str = "--output") -> None:
 
 
 def check_writable(folder: Path, flag: str, target: Path) -> None:
-    existing = folder
+    """Refuse ``target`` when the nearest existing folder at or above ``folder`` is a file or cannot be written
+    to (tried by creating and removing a temporary file there, which also catches read-only mounts)."""
+    existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
         raise ConfigError(f"{flag} {target}: {existing} is a file, so nothing can be written below it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{flag} {target}: {existing} is not writable (choose a folder you can write to)")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".retromem-write-test-", dir=existing)
+    except OSError as err:
+        raise ConfigError(f"{flag} {target}: cannot write in {existing} ({err.strerror}); choose a folder you can "
+                          "write to") from err
+    os.close(handle)
+    os.unlink(probe)
 
 
 def is_main_process() -> bool:
@@ -96,9 +120,47 @@ def show_training_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+@contextlib.contextmanager
+def logging_to_stderr(verbose: bool) -> Iterator[None]:
+    """While a command runs, retromem's log records go to stderr: each warning once, as ``warning: ...``
+    (with ``--verbose``: every record at INFO and above, with its level and logger). Other libraries'
+    records go through the root logger (warnings and above, or INFO with ``--verbose``)."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        for handler in root.handlers:
+            handler.addFilter(lambda record: not record.name.startswith("retromem"))  # ours prints those
+    logger = logging.getLogger("retromem")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CommandFormatter(verbose))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class _CommandFormatter(logging.Formatter):
+    """``warning: message`` for warnings and errors; the message alone for progress (INFO) records; with
+    ``verbose`` the level and logger too."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if not self.verbose and record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {text}"
+        return text
+
+
+def quiet_other_libraries() -> None:
+    """FAISS's loader and transformers' progress bars and advice stay out of a command's output."""
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retromem.cli.common import add_command, add_encoder_options, check_output_folder, encoder_config
+from retromem.cli.common import add_command, add_encoder_options, check_output_folder, encoder_config, looks_like_a_file
 from retromem.cli.options import add_options, values_from_args
 from retromem.eval.beir_pipeline import BeirEvalConfig
 
@@ -32,8 +32,9 @@ def run(args) -> int:
     from retromem.io import count_lines
 
     check_output_folder(args.output)
-    corpus_path = Path(args.corpus)
-    if not corpus_path.is_file():
+    if looks_like_a_file(args.corpus, "--corpus"):
+        corpus_path = Path(args.corpus)
+    else:
         corpus_path = corpus_file(resolve_beir_dir(args.corpus))
     chunk_size = values_from_args(BeirEvalConfig, args, only=("chunk_size",))["chunk_size"]
     encoder = Encoder(encoder_config(args))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from retromem.cli.common import (
     encoder_config,
     index_config,
 )
-from retromem.cli.options import add_options, field_defaults, values_from_args
+from retromem.cli.options import add_options, values_from_args
 from retromem.eval.beir_pipeline import BeirEvalConfig
 from retromem.options import flag
 
@@ -63,9 +62,9 @@ def run(args) -> int:
         if result is None:  # not rank 0 under accelerate launch: rank 0 reports
             return 0
         system = args.model
-    for warning in result.report.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     metrics = [m for m in ("NDCG@10", "Recall@100", "MRR@10", "MAP@10", "P@10") if m in result.scores.mean]
+    if not metrics:  # other cut-offs: NDCG and Recall at each
+        metrics = [f"{family}@{k}" for k in result.scores.k_values[:3] for family in ("NDCG", "Recall")]
     print(f"\nBEIR {result.metadata['dataset']} ({args.split}, {result.scores.num_queries} queries)\n")
     print(format_markdown_table({system: result.scores.mean}, metrics=metrics))
     if result.scores.num_missing:
@@ -85,12 +84,10 @@ def _refuse_unused_options(args) -> None:
     from retromem.index.faiss_index import IndexConfig
     from retromem.options import option_specs
 
-    defaults = {**field_defaults(EncoderConfig), **field_defaults(IndexConfig), **field_defaults(BeirEvalConfig)}
-    owners = {**dict.fromkeys(option_specs(EncoderConfig), EncoderConfig),
-              **dict.fromkeys(option_specs(IndexConfig), IndexConfig),
-              **dict.fromkeys(_PIPELINE_ONLY, BeirEvalConfig)}
-    given = [flag(cls, name) for name, cls in owners.items()
-             if hasattr(args, name) and getattr(args, name) != defaults[name]]
+    flags = [flag(cls, name) for cls in (EncoderConfig, IndexConfig) for name in option_specs(cls)]
+    flags += [flag(BeirEvalConfig, name) for name in _PIPELINE_ONLY]
+    flags += [spec.negative for cls in (EncoderConfig,) for spec in option_specs(cls).values() if spec.negative]
+    given = [f for f in flags if f in args.given]
     if given:
         raise ConfigError(f"--run scores a finished run file: {', '.join(given)} would not be used (they set up the "
                           "encoder, index and search of --model); leave them out, or evaluate --model instead")

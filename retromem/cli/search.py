@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retromem.cli.common import add_command, add_encoder_options, add_index_options, check_output_file, encoder_config
+from retromem.cli.common import (
+    add_command,
+    add_encoder_options,
+    add_index_options,
+    check_output_file,
+    encoder_config,
+    looks_like_a_file,
+)
 from retromem.cli.options import add_options, values_from_args
 from retromem.eval.beir_pipeline import BeirEvalConfig
 
@@ -35,7 +42,7 @@ def run(args) -> int:
 
     check_output_file(args.output)
     top_k = values_from_args(BeirEvalConfig, args, only=("top_k",))["top_k"]
-    if Path(args.queries).is_file():
+    if looks_like_a_file(args.queries, "--queries"):
         queries = load_queries(args.queries)
     else:
         queries = load_beir(args.queries, split=args.split).queries

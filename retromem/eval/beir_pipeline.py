@@ -71,12 +71,15 @@ class BeirEvalConfig:
     chunk_size: int = option(DEFAULT_CHUNK_SIZE, min=1, help="passages per encoding chunk: the unit of resuming and "
                              "of work shared between processes")
     show_progress: bool = False
-    plot_metric: str | None = option("NDCG@10", flag="--plot", parse=parse_plot_metric,
-                                     help="metric plotted per query ('none' for no plot)")
+    plot_metric: str | None = option("auto", flag="--plot", parse=parse_plot_metric,
+                                     help="metric plotted per query, e.g. NDCG@10; auto = NDCG@10, or NDCG at the "
+                                     "last --k-values cut-off when 10 is not one; 'none' for no plot")
 
     def __post_init__(self) -> None:
         check_options(self)
         self.k_values = check_k_values(self.k_values)
+        if self.plot_metric == "auto":
+            self.plot_metric = f"NDCG@{10 if 10 in self.k_values else self.k_values[-1]}"
         check_plot_metric(self.plot_metric, self.k_values)
 
 
@@ -108,7 +111,7 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult | None:
     work = work_directory(config.workdir, dataset.root, encoder.metadata())
     emb_dir = work / "embeddings"
     clock = time.perf_counter()
-    embeddings = encode_corpus(dataset.iter_corpus(), encoder, emb_dir, chunk_size=config.chunk_size,
+    embeddings = encode_corpus(dataset.iter_corpus, encoder, emb_dir, chunk_size=config.chunk_size,
                                total=count_lines(corpus_file(dataset.root)), show_progress=config.show_progress,
                                corpus_name=str(dataset.corpus_path), corpus_path=dataset.corpus_path,
                                replace_stale=True)
@@ -150,7 +153,7 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult | None:
 
 def evaluate_run_beir(dataset_name: str, run_file: str | Path, split: str = "test",
                       k_values: tuple[int, ...] = DEFAULT_K_VALUES, ignore_identical_ids: bool = True,
-                      output_dir: str | Path | None = None, plot_metric: str | None = "NDCG@10") -> BeirEvalResult:
+                      output_dir: str | Path | None = None, plot_metric: str | None = "auto") -> BeirEvalResult:
     """Score a TREC run file made by any system against a BEIR data set's qrels."""
     timings: dict[str, float] = {}
     dataset = load_beir(dataset_name, split=split)
@@ -191,10 +194,9 @@ def check_plot_metric(metric: str | None, k_values: tuple[int, ...]) -> None:
     family, _, k = metric.partition("@")
     if family in METRIC_FAMILIES and k.isdigit() and int(k) in k_values:
         return
-    known = ", ".join(f"{f}@{k}" for f in METRIC_FAMILIES for k in k_values[:2])
-    raise ConfigError(f"plot_metric (--plot) {metric!r} is not computed: give one of the metric families "
-                      f"{', '.join(METRIC_FAMILIES)} at a cut-off of --k-values ({','.join(map(str, k_values))}), "
-                      f"e.g. {known}, ..., or 'none'")
+    raise ConfigError(f"plot_metric (--plot) {metric!r} is not computed: give FAMILY@K with FAMILY one of "
+                      f"{', '.join(METRIC_FAMILIES)} and K one of --k-values ({','.join(map(str, k_values))}), "
+                      f"e.g. NDCG@{k_values[-1] if 10 not in k_values else 10}, or 'none'")
 
 
 def _score(dataset: BeirDataset, run, config: BeirEvalConfig, output_dir: Path, metadata: dict,

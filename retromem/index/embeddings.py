@@ -24,7 +24,7 @@ import contextlib
 import itertools
 import logging
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,8 @@ from retromem.io import atomic_path, read_json, write_json_atomic, write_text_at
 log = logging.getLogger(__name__)
 
 KIND = "embeddings"
+#: Passages, or a callable that returns a fresh iterator over them each time it is called.
+PassageSource = Iterable[Passage] | Callable[[], Iterable[Passage]]
 #: Passages per chunk: the unit of resuming and of the work shared between processes.
 DEFAULT_CHUNK_SIZE = 4096
 
@@ -94,11 +96,14 @@ def is_complete(path: str | Path) -> bool:
     return (Path(path) / "meta.json").exists()
 
 
-def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | Path,
+def encode_corpus(passages: PassageSource, encoder: Encoder, out_dir: str | Path,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, total: int | None = None, show_progress: bool = False,
                   corpus_name: str | None = None, corpus_path: str | Path | None = None, keep_chunks: bool = False,
                   replace_stale: bool = False) -> EmbeddingSet | None:
     """Encode a (streamed) corpus into ``out_dir``; returns the merged set (``None`` on ranks other than 0).
+
+    ``passages`` is an iterable, or a callable returning a fresh iterator (needed with ``replace_stale``,
+    which may read the corpus twice).
 
     Finished chunks of an earlier, interrupted run with the same encoder and the same passages are
     reused. A folder made by another encoder raises :class:`MismatchError` (delete it or choose another
@@ -112,14 +117,17 @@ def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | 
     out_dir = Path(out_dir)
     rank, world_size, barrier = _distributed_context()
     encoder_meta = encoder.metadata()
+    if replace_stale and not callable(passages):
+        raise TypeError("replace_stale needs passages as a callable that returns a fresh iterator each time")
     if is_complete(out_dir):
         try:
-            return _reuse_finished(out_dir, passages, encoder_meta, corpus_path, rank)
+            finished = _reuse_finished(out_dir, _fresh(passages), encoder_meta, corpus_path)
+            return finished if rank == 0 else None
         except MismatchError as err:
             if not replace_stale:
                 raise
             if rank == 0:
-                log.warning("%s; encoding it afresh", err)
+                log.warning("%s: encoding it afresh", str(err).rsplit("; ", 1)[0])
                 shutil.rmtree(out_dir)
             barrier()
     chunks_dir = out_dir / "chunks"
@@ -139,8 +147,8 @@ def encode_corpus(passages: Iterable[Passage], encoder: Encoder, out_dir: str | 
     reused = 0
     bar = tqdm(total=total, desc=f"encoding (rank {rank})" if world_size > 1 else "encoding", unit="passage",
                disable=not show_progress or rank != 0, dynamic_ncols=True)
-    with bar:
-        for index, chunk in enumerate(_chunked(digest.watch(passages), chunk_size)):
+    with bar, _cleaned_up_if_empty(out_dir, rank == 0):
+        for index, chunk in enumerate(_chunked(digest.watch(_fresh(passages)), chunk_size)):
             n_chunks += 1
             if index % world_size != rank:
                 bar.update(len(chunk) if world_size > 1 else 0)
@@ -213,13 +221,13 @@ def merge_chunks(out_dir: str | Path, n_chunks: int, encoder_meta: dict, corpus:
     return EmbeddingSet.load(out_dir)
 
 
-def _reuse_finished(out_dir: Path, passages: Iterable[Passage], encoder_meta: dict, corpus_path, rank: int):
-    """The finished set in ``out_dir`` if it was made by this encoder from these passages, else raise."""
+def _reuse_finished(out_dir: Path, passages: Iterable[Passage], encoder_meta: dict, corpus_path) -> EmbeddingSet:
+    """The finished set in ``out_dir`` if it was made by this encoder from these passages, else raise.
+
+    Every process of a launch checks for itself (they read the same files, so they agree)."""
     artifact = ArtifactMeta.read(out_dir / "meta.json", KIND)
     require_compatible(artifact, out_dir, encoder=encoder_meta, fields=PASSAGE_VECTOR_FIELDS,
                        fix="use another output folder or delete this one")
-    if rank != 0:
-        return None
     finished = EmbeddingSet.load(out_dir)
     finished.reused = True
     if artifact.corpus is not None and artifact.corpus.same_file(corpus_path):
@@ -229,6 +237,10 @@ def _reuse_finished(out_dir: Path, passages: Iterable[Passage], encoder_meta: di
     require_compatible(artifact, out_dir, corpus=digest.ref(None),
                        fix=f"the titles or texts changed: delete {out_dir} or choose another folder")
     return finished
+
+
+def _fresh(passages: PassageSource) -> Iterable[Passage]:
+    return passages() if callable(passages) else passages
 
 
 def _check_same_progress(found: dict, expected: dict, where: Path) -> None:
@@ -259,6 +271,18 @@ def _check_same_ids(passages: Iterable[Passage], ids: list[str], where: Path) ->
 def _refuse_a_file(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--output {out_dir} is a file, not a folder: give a folder for the embeddings")
+
+
+@contextlib.contextmanager
+def _cleaned_up_if_empty(out_dir: Path, is_main: bool) -> Iterator[None]:
+    """On an error before any chunk was written (e.g. the corpus reader refusing its file), remove what
+    this encode made, so that nothing half-made is left."""
+    try:
+        yield
+    except BaseException:
+        if is_main:
+            _remove_if_empty(out_dir)
+        raise
 
 
 def _remove_if_empty(out_dir: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from retromem.artifacts import QUERY_FIELDS, ArtifactMeta, require_compatible
+from retromem.artifacts import PASSAGE_VECTOR_FIELDS, QUERY_FIELDS, ArtifactMeta, require_compatible
 from retromem.errors import ConfigError, DataError, MismatchError, MissingDataError, RetromemError
 from retromem.index.embeddings import EmbeddingSet
 from retromem.io import atomic_path, read_json
@@ -120,11 +120,18 @@ def index_differs(index_dir: Path, embeddings: EmbeddingSet, config: IndexConfig
     """Why the finished index in ``index_dir`` is not the one ``config`` would build from ``embeddings``
     (``"of other embeddings (...)"``, ``"built with other settings (...)"``), or None when it is."""
     found = ArtifactMeta.read(index_dir / "index.json", KIND)
-    try:
-        require_compatible(found, index_dir, encoder=embeddings.artifact.encoder.to_dict(),
-                           corpus=embeddings.artifact.corpus)
-    except MismatchError as err:
-        return f"of other embeddings ({str(err).split('; ')[0].removeprefix(str(index_dir) + ' ')})"
+    made_by = embeddings.artifact
+    if found.encoder is None or made_by.encoder is None:
+        return "whose encoder is not recorded"
+    diffs = found.encoder.differences(made_by.encoder, PASSAGE_VECTOR_FIELDS)
+    if diffs:
+        return f"of another encoder's embeddings ({'; '.join(diffs)})"
+    then, now = found.corpus, made_by.corpus
+    then_digest, now_digest = (then.digest if then else None), (now.digest if now else None)
+    if then_digest is None or now_digest is None:
+        return "whose corpus is not recorded (written by an older retromem)"
+    if then_digest != now_digest:
+        return f"of other embeddings (corpus digest {then_digest[:12]}, not {now_digest[:12]})"
     if found.details.get("ntotal") != len(embeddings.ids):
         return f"of other embeddings ({found.details.get('ntotal')} vectors, not {len(embeddings.ids)})"
     wanted = _build_settings(config)

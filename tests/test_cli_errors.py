@@ -1,0 +1,398 @@
+"""Bad input to encode, index build, search and eval beir: one line and exit 2 naming the flag or file,
+never a traceback, never a silent success with another meaning (the reliability sweep, issue 16)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retromem.cli import build_parser, main
+
+TINY = ["--precision", "fp32", "--pooling", "mean", "--device", "cpu"]
+HUGE = 10**12
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging(isolated_env):
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def one_line_error(capsys, code: int, *fragments: str) -> str:
+    """Exit 2, no traceback, exactly one ``retromem: error:`` line holding every fragment."""
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    lines = [part for part in re.split(r"[\r\n]", err) if part.startswith("retromem: error:")]
+    assert len(lines) == 1, lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture()
+def built(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    emb, index = tmp_path / "emb", tmp_path / "index"
+    assert main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(emb),
+                 "--chunk-size", "16", *TINY]) == 0
+    assert main(["index", "build", "--embeddings", str(emb), "--output", str(index)]) == 0
+    capsys.readouterr()
+    return {"emb": emb, "index": index}
+
+
+def _eval(tiny_beir, tiny_model_dir, tmp_path, *extra) -> list[str]:
+    return ["eval", "beir", "--dataset", str(tiny_beir), "--model", str(tiny_model_dir), "--workdir",
+            str(tmp_path / "work"), "--top-k", "20", "--k-values", "1,10", *TINY, *extra]
+
+
+def _rewrite_texts(corpus: Path, text: str) -> None:
+    records = [json.loads(line) for line in corpus.read_text().splitlines()]
+    corpus.write_text("".join(json.dumps({**r, "text": text}) + "\n" for r in records))
+
+
+# ---------------------------------------------------------------- 1. stale vectors
+
+def test_a_changed_corpus_text_is_reencoded_in_a_work_directory(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    args = _eval(tiny_beir, tiny_model_dir, tmp_path)
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    _rewrite_texts(tiny_beir / "corpus.jsonl", "lorem ipsum")
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "reused from" not in captured.out
+    assert "the corpus changed since" in captured.err and "encoding it afresh" in captured.err
+    assert "holds an index of other embeddings" in captured.err and "rebuilding it" in captured.err
+    table = [line for line in first.splitlines() if line.startswith("| ")]
+    assert table != [line for line in captured.out.splitlines() if line.startswith("| ")]
+    assert main(args) == 0                                            # and the new vectors are reused after that
+    assert "reused from" in capsys.readouterr().out
+
+
+def test_encode_refuses_a_finished_folder_of_another_corpus_text(built, tiny_beir, tiny_model_dir, capsys):
+    args = ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(built["emb"]),
+            "--chunk-size", "16", *TINY]
+    assert main(args) == 0
+    assert "reused 40 passages" in capsys.readouterr().out
+    _rewrite_texts(tiny_beir / "corpus.jsonl", "lorem ipsum")
+    one_line_error(capsys, main(args), str(built["emb"]), "the corpus changed", "texts changed")
+
+
+def test_an_unchanged_corpus_file_is_not_reread(built, tiny_beir, tiny_model_dir, capsys, monkeypatch):
+    from retromem.index import embeddings
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the corpus was streamed although its file is unchanged")
+
+    monkeypatch.setattr(embeddings, "_check_same_ids", refuse)
+    assert main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output",
+                 str(built["emb"]), "--chunk-size", "16", *TINY]) == 0
+
+
+def test_a_legacy_folder_without_a_corpus_digest_is_refused_or_reencoded(built, tiny_beir, tiny_model_dir, tmp_path,
+                                                                         capsys):
+    meta_file = built["emb"] / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    legacy = {k: v for k, v in meta.items() if k not in ("kind", "schema", "retromem")}
+    legacy["corpus"] = str(tiny_beir / "corpus.jsonl")                # what the code before this one wrote
+    meta_file.write_text(json.dumps(legacy))
+    # it still loads and indexes
+    assert main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(tmp_path / "i2")]) == 0
+    # but cannot be checked against a corpus: encode says to rebuild
+    one_line_error(capsys, main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output",
+                                 str(built["emb"]), *TINY]), "older retromem", "did not record the corpus")
+
+
+# ---------------------------------------------------------------- 2, 3. edge values
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_top_k_below_one_is_refused(value, built, tiny_beir, tiny_model_dir, tmp_path, capsys):
+    one_line_error(capsys, main(_eval(tiny_beir, tiny_model_dir, tmp_path, "--top-k", value)), "--top-k")
+    one_line_error(capsys, main(["search", "--index", str(built["index"]), "--queries", str(tiny_beir),
+                                 "--output", str(tmp_path / "run.trec"), "--top-k", value]), "--top-k")
+    assert not (tmp_path / "run.trec").exists()
+
+
+def test_chunk_size_zero_and_an_empty_corpus_are_refused(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "emb"
+    one_line_error(capsys, main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output",
+                                 str(out), "--chunk-size", "0", *TINY]), "--chunk-size")
+    assert not out.exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_line_error(capsys, main(["encode", "--corpus", str(empty), "--model", str(tiny_model_dir), "--output",
+                                 str(out), *TINY]), "no documents")
+    assert not out.exists()                                                       # nothing half-made is left
+
+
+def test_index_build_refuses_an_empty_embeddings_set(tmp_path, capsys):
+    from retromem.artifacts import ArtifactMeta, EncoderInfo
+
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    np.save(folder / "embeddings.npy", np.zeros((0, 8), dtype=np.float32))
+    (folder / "ids.txt").write_text("")
+    info = EncoderInfo(model="m", model_path="m", fingerprint="0" * 16, pooling="cls", normalize=True, max_length=8,
+                       query_prefix="", passage_prefix="", precision="fp32", dim=8)
+    ArtifactMeta(kind="embeddings", encoder=info, details={"count": 0, "dtype": "float32"}).write(folder / "meta.json")
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(folder), "--output", str(tmp_path / "i")]),
+                   "holds no vectors")
+
+
+# ---------------------------------------------------------------- 4. tracebacks for user errors
+
+def test_a_run_that_is_a_folder_or_missing(tiny_beir, tmp_path, capsys):
+    one_line_error(capsys, main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(tmp_path)]),
+                   str(tmp_path), "folder")
+    one_line_error(capsys, main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(tmp_path / "no.trec")]),
+                   "no.trec", "does not exist")
+
+
+def test_ivf_with_more_lists_than_vectors_says_how_many_it_needs(built, tmp_path, capsys):
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(tmp_path / "i"),
+                                 "--factory", "IVF1024,Flat"]), "1024 IVF lists", "it got 40", "IVF1,Flat")
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(tmp_path / "i"),
+                                 "--factory", "IVF2,PQ8"]), "FAISS cannot train", "Number of training points")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_files_name_the_file_and_the_fix(damage, built, tiny_beir, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("index.faiss",):
+        path = built["index"] / name
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 3] if damage == "truncated" else rng.bytes(len(data)))
+    one_line_error(capsys, main(["search", "--index", str(built["index"]), "--queries", str(tiny_beir), "--output",
+                                 str(tmp_path / "run.trec")]), "index.faiss", "rebuild it")
+    path = built["emb"] / "embeddings.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3] if damage == "truncated" else rng.bytes(len(data)))
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(built["emb"]), "--output",
+                                 str(tmp_path / "i2")]), "embeddings.npy", "encode again")
+
+
+@pytest.mark.parametrize("device, fragment", [("gpu0", "is not a torch device"), ("cuda", "no CUDA GPU"),
+                                              ("cuda:3", "CUDA")])
+def test_a_device_this_machine_lacks(device, fragment, tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one_line_error(capsys, main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output",
+                                 str(tmp_path / "emb"), "--device", device]), "--device", fragment)
+
+
+def test_max_length_beyond_the_model_names_its_maximum(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    positions = json.loads((tiny_model_dir / "config.json").read_text())["max_position_embeddings"]
+    one_line_error(capsys, main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output",
+                                 str(tmp_path / "emb"), "--max-length", "100000", *TINY]),
+                   "--max-length", f"at most {positions}")
+
+
+# ---------------------------------------------------------------- outputs: a file, a folder under a file, unwritable
+
+def _commands(built, tiny_beir, tiny_model_dir, output: Path) -> dict[str, list[str]]:
+    return {
+        "encode": ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(output),
+                   *TINY],
+        "index build": ["index", "build", "--embeddings", str(built["emb"]), "--output", str(output)],
+        "search": ["search", "--index", str(built["index"]), "--queries", str(tiny_beir), "--output", str(output)],
+        "eval beir": ["eval", "beir", "--dataset", str(tiny_beir), "--model", str(tiny_model_dir), "--workdir",
+                      str(output.parent / "work"), "--output", str(output), *TINY],
+    }
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder nothing can be written in: read-only for an ordinary user; for root, a sysfs path."""
+    if os.geteuid() == 0:
+        return Path("/sys/retromem-test-output")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder / "out"
+
+
+@pytest.mark.parametrize("command", ["encode", "index build", "search", "eval beir"])
+@pytest.mark.parametrize("where", ["an existing file", "below a file", "an unwritable folder", "a folder"])
+def test_output_that_cannot_be_written(command, where, built, tiny_beir, tiny_model_dir, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("keep me\n")
+    output = {"an existing file": a_file, "below a file": a_file / "out", "a folder": tmp_path / "a-folder",
+              "an unwritable folder": _unwritable(tmp_path)}[where]
+    if where == "a folder":
+        if command != "search":
+            pytest.skip("a folder is the right kind of output here")
+        output.mkdir()
+    if where == "an existing file" and command == "search":
+        pytest.skip("a run file is replaced, as a file output is")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    one_line_error(capsys, main(_commands(built, tiny_beir, tiny_model_dir, output)[command]), "--output")
+    assert a_file.read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before                   # nothing half-written
+
+
+# ---------------------------------------------------------------- 8-12: resume messages, collisions, ignored input
+
+def test_a_changed_chunk_size_on_resume_says_so(tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from retromem.index.encoder import Encoder
+
+    out = tmp_path / "emb"
+    calls = {"n": 0}
+    original = Encoder.encode_passages
+
+    def fail_second(self, passages, show_progress=False):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, passages, show_progress)
+
+    monkeypatch.setattr(Encoder, "encode_passages", fail_second)
+    args = ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(out), *TINY]
+    assert main([*args, "--chunk-size", "8"]) == 130
+    capsys.readouterr()
+    line = one_line_error(capsys, main([*args, "--chunk-size", "16"]), "--chunk-size 8", "16", "resume")
+    assert "corpus changed" not in line
+
+
+def test_results_are_kept_per_factory_and_top_k(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path)) == 0
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path, "--factory", "HNSW32")) == 0
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path, "--top-k", "10")) == 0
+    printed = re.findall(r"results: (\S+)", capsys.readouterr().out)
+    assert len(set(printed)) == 3 and all((Path(p) / "results.json").exists() for p in printed)
+    factories = {json.loads((Path(p) / "results.json").read_text())["metadata"]["index"]["factory"] for p in printed}
+    assert factories == {"Flat", "HNSW32"}
+
+
+def test_same_named_data_sets_in_two_places_do_not_collide(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    other = tmp_path / "other" / "tiny"
+    shutil.copytree(tiny_beir, other)
+    _rewrite_texts(other / "corpus.jsonl", "something else entirely")
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path)) == 0
+    assert main(_eval(other, tiny_model_dir, tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "encoding it afresh" not in err                                       # each has its own folder
+    assert len(list((tmp_path / "work").iterdir())) == 2
+
+
+def test_index_build_over_another_index_is_refused_and_the_same_is_reused(built, tiny_beir, tiny_model_dir, tmp_path,
+                                                                          capsys):
+    assert main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(built["index"])]) == 0
+    assert "reused Flat over 40 vectors" in capsys.readouterr().out
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(built["index"]),
+                                 "--factory", "HNSW32"]), "already holds an index", "factory: 'Flat', not 'HNSW32'")
+    other = tmp_path / "other-emb"
+    _rewrite_texts(tiny_beir / "corpus.jsonl", "other text")
+    assert main(["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(other),
+                 *TINY]) == 0
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(other), "--output", str(built["index"])]),
+                   "already holds an index of other embeddings")
+
+
+@pytest.mark.parametrize("extra, flags", [
+    (["--model", "minilm"], "--model"), (["--factory", "HNSW32", "--top-k", "5"], "--factory, --top-k"),
+    (["--no-normalize"], "--no-normalize"), (["--workdir", "w"], "--workdir"),
+])
+def test_eval_with_a_run_refuses_options_it_would_ignore(extra, flags, tiny_beir, tmp_path, capsys):
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("q0 Q0 doc0 1 1.0 x\n")
+    one_line_error(capsys, main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(run_file), *extra]),
+                   flags, "would not be used")
+
+
+@pytest.mark.parametrize("metric", ["NDCG@7", "nDCG@10", "Precision@10", "NDCG"])
+def test_a_plot_of_a_metric_not_computed_is_refused(metric, tiny_beir, tmp_path, capsys):
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("q0 Q0 doc0 1 1.0 x\n")
+    one_line_error(capsys, main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(run_file), "--plot",
+                                 metric]), "--plot", metric)
+
+
+def test_each_warning_is_printed_once(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    with open(tiny_beir / "qrels" / "test.tsv", "a", encoding="utf-8") as handle:
+        handle.write("q0\tghost-doc\t1\n")
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert err.count("ghost-doc") == 1 and "warning: 1 judged document(s)" in err
+
+
+def test_no_normalize_help_reads_right():
+    text = _help(["encode"])
+    assert "(default: True)" not in text and "(default: False)" not in text
+
+
+# ---------------------------------------------------------------- the numeric sweep
+
+#: (command, flag, value) that succeed by design, with the reason (docs/cli.md says the same).
+DOCUMENTED_SUCCESS = {
+    "--batch-size": "a batch never holds more texts than there are: a huge batch is the whole chunk",
+    "--chunk-size": "a chunk never holds more passages than the corpus: a huge chunk is the whole corpus",
+    "--train-size": "the training sample is at most every vector",
+    "--top-k": "a query gets at most every document",
+    "--k-values": "a cut-off beyond the ranking scores the whole ranking, as trec_eval does",
+}
+
+
+def _numeric_options(path: tuple[str, ...]) -> list[str]:
+    parser = dict(_subparsers(build_parser()))[path]
+    found = []
+    for action in parser._actions:
+        if action.option_strings and action.type in (int, float):
+            found.append(action.option_strings[0])
+    return found
+
+
+def _subparsers(parser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, path + (name,))
+
+
+def _help(path) -> str:
+    return dict(_subparsers(build_parser()))[tuple(path)].format_help()
+
+
+SWEPT = [(path, option) for path in [("encode",), ("index", "build"), ("search",), ("eval", "beir")]
+         for option in _numeric_options(path)] + [(("eval", "beir"), "--k-values")]
+
+
+def test_the_sweep_covers_every_numeric_option():
+    assert {(p, o) for p, o in SWEPT} >= {(("encode",), "--chunk-size"), (("encode",), "--max-length"),
+                                          (("encode",), "--batch-size"), (("index", "build"), "--train-size"),
+                                          (("search",), "--top-k"), (("eval", "beir"), "--top-k"),
+                                          (("eval", "beir"), "--chunk-size")}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(HUGE)], ids=["zero", "negative", "huge"])
+@pytest.mark.parametrize("path, option", SWEPT, ids=lambda x: " ".join(x) if isinstance(x, tuple) else x)
+def test_numeric_options_at_zero_negative_and_huge(path, option, value, built, tiny_beir, tiny_model_dir, tmp_path,
+                                                   capsys):
+    out = tmp_path / "sweep-out"
+    base = {
+        ("encode",): ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(out),
+                      *TINY],
+        ("index", "build"): ["index", "build", "--embeddings", str(built["emb"]), "--output", str(out)],
+        ("search",): ["search", "--index", str(built["index"]), "--queries", str(tiny_beir), "--output",
+                      str(out / "run.trec")],
+        ("eval", "beir"): _eval(tiny_beir, tiny_model_dir, tmp_path, "--output", str(out)),
+    }[path]
+    code = main([*base, option, value])
+    if value == str(HUGE) and option in DOCUMENTED_SUCCESS:
+        err = capsys.readouterr().err
+        assert code == 0 and "Traceback" not in err, err[-2000:]
+        return
+    one_line_error(capsys, code, option)
+    assert not out.exists() or path == ("search",) and not (out / "run.trec").exists()
