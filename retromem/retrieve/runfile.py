@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from retromem.data.beir import Qrels
@@ -73,22 +73,15 @@ def read_trec_run(path: str | Path) -> Run:
     """
     path = Path(path)
     run: Run = {}
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 6:
-                raise DataError(f"expected 6 columns (qid Q0 docid rank score tag), found {len(fields)}",
-                                path, lineno, _column_fix(len(fields)))
-            qid, _, docid, _, score_text, _ = fields
-            score = _parse_score(score_text, path, lineno)
-            ranking = run.setdefault(qid, {})
-            if docid in ranking:
-                first = _first_line_of(path, qid, docid)
-                raise DataError(f"duplicate pair: query {qid!r}, document {docid!r} (first on line {first})",
-                                path, lineno, "each (query, document) pair may appear once; keep one score per pair")
-            ranking[docid] = score
+    for lineno, fields in _rows(path, "qid Q0 docid rank score tag", _column_fix):
+        qid, _, docid, _, score_text, _ = fields
+        score = _parse_score(score_text, path, lineno)
+        ranking = run.setdefault(qid, {})
+        if docid in ranking:
+            first = _first_line_of(path, qid, docid)
+            raise DataError(f"duplicate pair: query {qid!r}, document {docid!r} (first on line {first})",
+                            path, lineno, "each (query, document) pair may appear once; keep one score per pair")
+        ranking[docid] = score
     if not run:
         logger.warning("run file %s holds no results", path)
     return run
@@ -104,26 +97,20 @@ def read_qrels_trec(path: str | Path) -> Qrels:
     """
     path = Path(path)
     qrels: Qrels = {}
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 4:
-                raise DataError(f"expected 4 columns (qid iter docid grade), found {len(fields)}", path, lineno,
-                                "TREC qrels lines are 'qid 0 docid grade'; a BEIR qrels .tsv "
-                                "(query-id, corpus-id, score) is read by the BEIR loader instead")
-            qid, _, docid, grade_text = fields
-            try:
-                grade = int(grade_text)
-            except ValueError:
-                raise DataError(f"relevance grade {grade_text!r} is not an integer", path, lineno,
-                                "the 4th column must be an integer grade such as 0, 1 or 2") from None
-            judged = qrels.setdefault(qid, {})
-            if docid in judged:
-                raise DataError(f"duplicate judgment: query {qid!r}, document {docid!r}", path, lineno,
-                                "judge each (query, document) pair once")
-            judged[docid] = grade
+    qrels_fix = ("TREC qrels lines are 'qid 0 docid grade'; a BEIR qrels .tsv (query-id, corpus-id, score) is read "
+                 "by the BEIR loader instead")
+    for lineno, fields in _rows(path, "qid iter docid grade", lambda found: qrels_fix):
+        qid, _, docid, grade_text = fields
+        try:
+            grade = int(grade_text)
+        except ValueError:
+            raise DataError(f"relevance grade {grade_text!r} is not an integer", path, lineno,
+                            "the 4th column must be an integer grade such as 0, 1 or 2") from None
+        judged = qrels.setdefault(qid, {})
+        if docid in judged:
+            raise DataError(f"duplicate judgment: query {qid!r}, document {docid!r}", path, lineno,
+                            "judge each (query, document) pair once")
+        judged[docid] = grade
     return qrels
 
 
@@ -188,3 +175,18 @@ def _first_line_of(path: Path, qid: str, docid: str) -> int | None:
             if len(fields) == 6 and fields[0] == qid and fields[2] == docid:
                 return lineno
     return None
+
+
+def _rows(path: Path, columns: str, fix) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of each non-blank line, refusing one without as many fields as ``columns``
+    names (``fix(found)`` says what to do)."""
+    expected = len(columns.split())
+    with open_text(path) as handle:
+        for lineno, line in enumerate(handle, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != expected:
+                raise DataError(f"expected {expected} columns ({columns}), found {len(fields)}", path, lineno,
+                                fix(len(fields)))
+            yield lineno, fields
