@@ -10,7 +10,8 @@ import pytest
 
 import retromem.data.pretrain_text as pretrain_text
 from retromem.data.beir import data_root
-from retromem.data.pretrain_text import load_pretrain_segments, resolve_source
+from retromem.data.pretrain_text import load_pretrain_segments
+from retromem.data.text_sources import resolve_source
 from retromem.errors import DataError, MissingDataError
 
 DOCS = {
