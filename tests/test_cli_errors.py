@@ -396,3 +396,17 @@ def test_numeric_options_at_zero_negative_and_huge(path, option, value, built, t
         return
     one_line_error(capsys, code, option)
     assert not out.exists() or path == ("search",) and not (out / "run.trec").exists()
+
+
+def test_encode_warns_about_empty_documents_and_counts_them(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    corpus = tiny_beir / "corpus.jsonl"
+    with open(corpus, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"_id": "blank", "title": "", "text": ""}) + "\n")
+    assert main(["encode", "--corpus", str(corpus), "--model", str(tiny_model_dir), "--output", str(tmp_path / "emb"),
+                 *TINY]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert not [line for line in lines if "warning:" in line and not line.startswith("warning:")]  # own line
+    assert len(warnings) == 1 and "1" in warnings[0] and "blank" in warnings[0], captured.err
+    assert "encoded 41 passages" in captured.out                                   # still encoded, as documented

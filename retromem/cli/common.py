@@ -132,7 +132,7 @@ def logging_to_stderr(verbose: bool) -> Iterator[None]:
         for handler in root.handlers:
             handler.addFilter(lambda record: not record.name.startswith("retromem"))  # ours prints those
     logger = logging.getLogger("retromem")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BesideProgressBars(sys.stderr)
     handler.setFormatter(_CommandFormatter(verbose))
     level = logger.level
     logger.addHandler(handler)
@@ -142,6 +142,18 @@ def logging_to_stderr(verbose: bool) -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+class _BesideProgressBars(logging.StreamHandler):
+    """Writes each record on a line of its own above any progress bar (``tqdm.write``), not into the bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 (logging's own policy: report, never raise)
+            self.handleError(record)
 
 
 class _CommandFormatter(logging.Formatter):
