@@ -40,7 +40,7 @@ from retromem.data.text_sources import (
     read_documents,
     resolve_source,
 )
-from retromem.errors import DataError, RetromemError
+from retromem.errors import ConfigError, DataError, RetromemError
 from retromem.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ def load_pretrain_segments(
     :class:`DataError` for an empty corpus or bad lines and :class:`MissingDataError` for a missing file.
     """
     if segment_length < 1:
-        raise ValueError(f"segment_length must be positive, got {segment_length}")
+        raise ConfigError(f"segment_length must be positive, got {segment_length}")
     if not 1 <= min_segment_length <= segment_length:
-        raise ValueError(f"min_segment_length must be in [1, segment_length={segment_length}], "
+        raise ConfigError(f"min_segment_length must be in [1, segment_length={segment_length}], "
                          f"got {min_segment_length}")
     if not sources:
         raise DataError("no pretraining text given", fix="name at least one text, JSONL, BEIR or datasets source")

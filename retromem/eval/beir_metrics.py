@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import pytrec_eval
 
+from retromem.errors import ConfigError, DataError
 from retromem.retrieve.runfile import Qrels, Run, ranked_docs
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[s
     ks = _check_k_values(k_values)
     judged = _clean_qrels(qrels)
     if not judged:
-        raise ValueError("the qrels hold no judgments: nothing to evaluate against")
+        raise DataError("the qrels hold no judgments: nothing to evaluate against",
+                        fix="check the qrels file of the split")
 
     rankings, removed = _rankings_to_score(judged, run, ignore_identical_ids)
     missing = [qid for qid in judged if qid not in rankings]
@@ -126,9 +128,9 @@ def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[s
 def _check_k_values(k_values: Iterable[int]) -> tuple[int, ...]:
     ks = sorted({int(k) for k in k_values})
     if not ks:
-        raise ValueError("k_values is empty: give at least one cut-off, e.g. (10, 100)")
+        raise ConfigError("k_values is empty: give at least one cut-off, e.g. (10, 100)")
     if ks[0] < 1:
-        raise ValueError(f"every k must be >= 1, got {ks[0]}")
+        raise ConfigError(f"every k must be >= 1, got {ks[0]}")
     return tuple(ks)
 
 
@@ -145,7 +147,7 @@ def _clean_qrels(qrels: Mapping[str, Mapping[str, int]]) -> Qrels:
             except (TypeError, ValueError, OverflowError):
                 integral = False
             if not integral:
-                raise ValueError(f"qrels grade for query {qid!r}, document {docid!r} must be an integer, got {grade!r}")
+                raise DataError(f"qrels grade for query {qid!r}, document {docid!r} must be an integer, got {grade!r}")
             row[str(docid)] = int(grade)
         clean[str(qid)] = row
     return clean

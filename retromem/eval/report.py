@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retromem import __version__
+from retromem.errors import ConfigError
 from retromem.eval.beir_metrics import METRIC_FAMILIES, BeirScores
 from retromem.io import atomic_path, write_text_atomic
 
@@ -36,7 +37,7 @@ def format_markdown_table(scores_by_system: Mapping[str, Mapping[str, float]],
     A metric a system lacks (for example a k it was not evaluated at) shows as ``-``.
     """
     if not metrics:
-        raise ValueError("no metrics to show: pass at least one metric name, e.g. ('NDCG@10',)")
+        raise ConfigError("no metrics to show: pass at least one metric name, e.g. ('NDCG@10',)")
     header = "| system | " + " | ".join(metrics) + " |"
     rule = "|---|" + "---:|" * len(metrics)
     rows = []
@@ -81,10 +82,10 @@ def plot_per_query(scores: BeirScores, metric: str, path: str | Path) -> Path:
     untouched; written atomically.
     """
     if metric not in scores.mean:
-        raise ValueError(f"unknown metric {metric!r}; available: {', '.join(scores.mean)}")
+        raise ConfigError(f"unknown metric {metric!r}; available: {', '.join(scores.mean)}")
     values = sorted((per[metric] for per in scores.per_query.values()), reverse=True)
     if not values:
-        raise ValueError("no per-query scores to plot")
+        raise ConfigError("no per-query scores to plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -26,6 +26,8 @@ import statistics
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from retromem.errors import ConfigError
+
 #: :func:`outcome`: every difference's interval lies above 0
 BEYOND_NOISE = "beyond noise"
 #: :func:`outcome`: every mean difference is above 0, but some interval reaches 0 or below (or is missing)
@@ -78,7 +80,7 @@ def estimate_mean(values: Iterable[float], confidence: float = 0.95) -> MeanEsti
     """Mean, sample standard deviation and Student-t interval of the mean of ``values``."""
     values = tuple(float(v) for v in values)
     if not values:
-        raise ValueError("estimate_mean needs at least one value")
+        raise ConfigError("estimate_mean needs at least one value")
     sd = statistics.stdev(values) if len(values) > 1 else None
     return MeanEstimate(values, statistics.fmean(values), sd, t_interval(values, confidence), confidence, "t")
 
@@ -105,9 +107,9 @@ def t_quantile(p: float, df: int) -> float:
     and 26.7.4), to about 1e-12 relative (fewer digits for ``p`` within 1e-3 of 0.5, lost in ``2p - 1``).
     """
     if not 0.0 < p < 1.0:
-        raise ValueError(f"p must lie strictly between 0 and 1, got {p}")
+        raise ConfigError(f"p must lie strictly between 0 and 1, got {p}")
     if int(df) != df or df < 1:
-        raise ValueError(f"df must be a positive integer, got {df}")
+        raise ConfigError(f"df must be a positive integer, got {df}")
     df = int(df)
     if p == 0.5:
         return 0.0
@@ -162,7 +164,7 @@ def outcome(differences: Iterable[MeanEstimate | None]) -> str:
     """
     differences = list(differences)
     if not differences:
-        raise ValueError("outcome needs the differences to at least one baseline")
+        raise ConfigError("outcome needs the differences to at least one baseline")
     if any(d is None or not d.mean > 0 for d in differences):
         return NOT_ABOVE
     if all(d.interval is not None and d.interval[0] > 0 for d in differences):
@@ -183,10 +185,10 @@ def paired_bootstrap_interval(scores: Mapping[Hashable, float], baseline: Mappin
 
     _check_confidence(confidence)
     if resamples < 1:
-        raise ValueError(f"resamples must be at least 1, got {resamples}")
+        raise ConfigError(f"resamples must be at least 1, got {resamples}")
     paired = paired_differences(scores, baseline)
     if not paired:
-        raise ValueError("paired_bootstrap_interval needs at least one key that both score")
+        raise ConfigError("paired_bootstrap_interval needs at least one key that both score")
     values = tuple(float(v) for v in paired.values())
     sd = statistics.stdev(values) if len(values) > 1 else None
     if len(values) < 2:
@@ -220,4 +222,4 @@ def _t_central_probability(t: float, df: int) -> float:
 
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
+        raise ConfigError(f"confidence must lie strictly between 0 and 1, got {confidence}")

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from retromem.data.beir import Qrels
-from retromem.errors import DataError
+from retromem.errors import ConfigError, DataError
 from retromem.io import atomic_path, open_text
 
 logger = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag
     ``tag`` with whitespace, a NaN score, ``k < 1``.
     """
     if k is not None and k < 1:
-        raise ValueError(f"k must be >= 1 (or None for all documents), got {k}")
+        raise ConfigError(f"k must be >= 1 (or None for all documents), got {k}")
     if not tag or _has_space(tag):
-        raise ValueError(f"the run tag must be one non-empty word without whitespace, got {tag!r}")
+        raise ConfigError(f"the run tag must be one non-empty word without whitespace, got {tag!r}")
     path = Path(path)
     lines = []
     for qid, doc_scores in run.items():
@@ -124,7 +124,7 @@ def ranked_docs(doc_scores: Mapping[str, float], k: int | None = None) -> list[t
     for docid, score in doc_scores.items():
         score = float(score)
         if math.isnan(score):
-            raise ValueError(f"document {docid!r} has a NaN score")
+            raise DataError(f"document {docid!r} has a NaN score", fix="score every document with a number")
         pairs.append((docid, score))
     pairs.sort(key=lambda pair: (pair[1], pair[0]), reverse=True)
     return pairs if k is None else pairs[:k]
@@ -133,7 +133,7 @@ def ranked_docs(doc_scores: Mapping[str, float], k: int | None = None) -> list[t
 def top_k(run: Mapping[str, Mapping[str, float]], k: int) -> Run:
     """A new run holding each query's first ``k`` documents in :func:`ranked_docs` order."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise ConfigError(f"k must be >= 1, got {k}")
     return {qid: dict(ranked_docs(doc_scores, k)) for qid, doc_scores in run.items()}
 
 
@@ -144,7 +144,7 @@ def _has_space(text: str) -> bool:
 def _check_id(ident: object, kind: str, qid: str | None = None) -> None:
     if not isinstance(ident, str) or not ident or _has_space(ident):
         where = f" (query {qid!r})" if qid is not None else ""
-        raise ValueError(f"{kind} id {ident!r}{where} cannot be written to a TREC run file: "
+        raise DataError(f"{kind} id {ident!r}{where} cannot be written to a TREC run file: "
                          "ids must be non-empty strings without whitespace")
 
 
