@@ -19,17 +19,13 @@ import pytest
 from retromem.data.beir import load_beir
 from retromem.errors import DataError, MismatchError, RetromemError
 from retromem.index.encoder import Encoder, EncoderConfig
-from retromem.pretrain.finetune import (
-    FinetuneConfig,
-    MiningConfig,
-    build_examples,
-    build_model,
-    finetune,
-    mine_negatives,
-    pick_negatives,
-    read_jsonl_examples,
-    relevant_docs,
-)
+from retromem.pretrain.contrastive_examples import build_examples, relevant_docs
+from retromem.pretrain.contrastive_jsonl import read_jsonl_examples
+from retromem.pretrain.contrastive_model import build_model
+from retromem.pretrain.finetune import finetune
+from retromem.pretrain.finetune_config import FinetuneConfig
+from retromem.retrieve.dense_negatives import mine_negatives
+from retromem.retrieve.hard_negatives import MiningConfig, pick_negatives
 
 TOPICS = ["cat", "dog", "apple", "river", "piano", "rocket", "garden", "winter", "castle", "ocean", "pencil",
           "tiger", "violin", "desert", "coffee", "forest"]

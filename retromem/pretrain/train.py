@@ -7,7 +7,9 @@ or nodes, and on a machine without GPUs on several CPU processes (gloo), e.g.
 
 Layout of ``output_dir``::
 
-    retromem_pretrain_run.json   the PretrainConfig of the run (checked on resume)
+    retromem_pretrain_run.json   the PretrainConfig of the run (checked on resume), written once the run is
+                                 accepted (its options checked, its model and text loaded): a refused run
+                                 leaves none
     checkpoint-<step>/           Trainer checkpoints: the full PretrainModel (encoder + heads, via
                                  save_pretrained), optimizer.pt, scheduler.pt, rng_state*.pth,
                                  trainer_state.json (written last: a checkpoint without a readable one
@@ -15,187 +17,51 @@ Layout of ``output_dir``::
     tensorboard/                 with report_to="tensorboard"
     final/                       the result: PretrainModel.save_pretrained (loads with AutoModel,
                                  SentenceTransformer and PretrainModel.from_pretrained) + training_run.json
+                                 + training_loss.png (when a loss was logged; training_run.json says so)
 
 ``final/`` is written to a temporary folder and renamed into place, so an interrupted save leaves the
-previous ``final/`` (or none), never a broken one.
+previous ``final/`` (or none), never a broken one. The steps every training run shares (resuming,
+the run file, saving ``final/``) are :mod:`retromem.pretrain.run`'s; the options are
+:class:`retromem.pretrain.pretrain_config.PretrainConfig`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoConfig, Trainer, TrainerCallback, TrainingArguments, get_scheduler, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
 
-from retromem.cpu_memory import keep_freed_memory
 from retromem.data.pretrain_text import load_pretrain_segments
-from retromem.device import PRECISIONS, has_accelerator, resolve_precision
-from retromem.errors import MismatchError, RetromemError
-from retromem.io import read_json, write_json_atomic
-from retromem.model_paths import DEFAULT_MODEL, resolve_model_path
+from retromem.device import resolve_precision
+from retromem.errors import ConfigError, RetromemError
+from retromem.io import read_json
+from retromem.model_paths import resolve_model_path
+from retromem.options import named
 from retromem.pretrain.model import CONFIG_FILE as PRETRAIN_CONFIG_FILE
 from retromem.pretrain.model import PretrainModel
 from retromem.pretrain.objective import check_options_apply
-from retromem.pretrain.trainer_utils import (
-    CurrentIntervalsCallback,
-    atomic_folder,
-    check_resume,
-    checkpoint_to_resume,
-    log_through_logging,
-    options_from_dict,
-    plot_training_losses,
-    reporters,
-    run_complete,
+from retromem.pretrain.pretrain_config import DEFAULT_SHUFFLE_BUFFER, PretrainConfig
+from retromem.pretrain.run import (
+    TrainingRun,
+    refuse_changed_run,
+    save_final_folder,
+    start_run,
+    trainer_arguments,
 )
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "retromem_pretrain_run.json"
+RUN_FILE = PretrainConfig.RUN_FILE
 #: Shortest document piece kept as a training example unless min_segment_length says otherwise.
 DEFAULT_MIN_SEGMENT = 16
-FINAL_DIR = "final"
 #: The objective of a run from a plain encoder when none is given.
 DEFAULT_OBJECTIVE = "retromae"
-#: Config fields that must agree between a run and the run it resumes (the rest may change, e.g. logging).
-_RESUME_MUST_MATCH = ("model", "objective", "objective_options", "from_scratch", "max_length",
-                      "per_device_batch_size", "gradient_accumulation_steps", "data", "tokenizer", "text_field",
-                      "title_field", "min_segment_length", "streaming", "learning_rate", "head_learning_rate",
-                      "head_warmup_steps", "lr_scheduler", "warmup", "weight_decay", "max_grad_norm", "seed")
-
-
-#: The ``retromem pretrain`` flag of each config field whose name differs from it, for messages.
-FLAGS = {"per_device_batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
-         "learning_rate": "--lr", "head_learning_rate": "--head-lr", "output_dir": "--output",
-         "objective_options": "the objective options"}
-
-
-def named(field_name: str) -> str:
-    """A config field as a message names it: ``learning_rate (--lr)``."""
-    return f"{field_name} ({FLAGS.get(field_name, '--' + field_name.replace('_', '-'))})"
-
-
-@dataclass
-class PretrainConfig:
-    """Everything one pretraining run needs; each field maps to a ``retromem pretrain`` option."""
-
-    #: Text sources: paths, globs, BEIR names or ``kind:path`` (see :mod:`retromem.data.pretrain_text`).
-    data: list[str] = field(default_factory=list)
-    #: Checkpoints, logs and ``final/`` go here.
-    output_dir: str = "runs/pretrain"
-    #: Encoder to start from: alias (``minilm``), folder or hub id; with ``from_scratch`` only its config is used.
-    model: str = DEFAULT_MODEL
-    #: Objective spec, e.g. ``retromae``, ``retromae+bow``, ``mlm:1+bow:0.5`` (see retromem.pretrain.objective).
-    #: None: the objective (and its options) saved in ``model`` when it is a pretraining folder (continuing a
-    #: run with its heads), else ``retromae``.
-    objective: str | None = None
-    #: ObjectiveOptions fields, e.g. {"encoder_mask_ratio": 0.3, "enhanced_decoding": False}.
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    #: Fresh random weights with ``model``'s config (a folder, alias, or a config.json with ``tokenizer``).
-    from_scratch: bool = False
-    #: Tokenizer to use instead of the model's own (required with a bare config.json).
-    tokenizer: str | None = None
-    # -- text --
-    #: JSONL/datasets field holding the text; optional title field put before it; optional id field.
-    text_field: str = "text"
-    title_field: str | None = None
-    id_field: str | None = None
-    #: Document pieces with fewer tokens are not used (default: 16, or what the objective needs if more).
-    min_segment_length: int | None = None
-    #: Read and tokenise while training instead of tokenising once into the cache (needs ``max_steps``).
-    streaming: bool = False
-    #: Shuffle buffer (examples) for streaming text.
-    shuffle_buffer: int = 10_000
-    #: Processes for tokenising; cache folder (default $RETROMEM_CACHE or ~/.cache/retromem, /pretrain_text).
-    num_proc: int | None = None
-    cache_dir: str | None = None
-    # -- optimisation --
-    #: Tokens per encoder input, [CLS] and [SEP] included (CoT-MAE: per span).
-    max_length: int = 128
-    per_device_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    #: Learning rate of the heads (objective decoders, the MLM head's transform and bias); None: learning_rate.
-    #: Heads a checkpoint lacks start random: a higher rate lets them catch up in a short run from a trained
-    #: encoder, so that the encoder's gradients come from a decoder that already reads the [CLS] bottleneck.
-    head_learning_rate: float | None = None
-    #: Steps at the start in which only the heads train (the encoder's learning rate is 0), so that the
-    #: encoder's first gradients come through trained heads, not random ones (LP-FT, Kumar et al. 2022);
-    #: the encoder's own warm-up and schedule then run over the remaining steps. Part of the step budget.
-    head_warmup_steps: int = 0
-    #: transformers scheduler name: linear, cosine, constant_with_warmup, ...
-    lr_scheduler: str = "linear"
-    #: Below 1: a fraction of the steps; 1 or more: a number of steps.
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    #: When > 0, overrides ``epochs``.
-    max_steps: int = -1
-    epochs: float = 1.0
-    seed: int = 42
-    #: auto | fp32 | bf16 | fp16. auto: bf16 on CUDA GPUs that support it, else fp16 on CUDA; bf16
-    #: autocast on CPUs with AVX512-BF16 or AMX-BF16; fp32 otherwise.
-    precision: str = "auto"
-    # -- bookkeeping --
-    save_steps: int = 500
-    #: Checkpoints kept (oldest deleted first); None keeps all.
-    save_total_limit: int | None = 2
-    logging_steps: int = 50
-    #: none | tensorboard | wandb (comma-separated for several); TensorBoard logs go to output_dir/tensorboard.
-    report_to: str = "none"
-    #: auto: continue from the newest complete checkpoint in output_dir if any; never: refuse to start
-    #: over existing checkpoints; or the path of a checkpoint to resume from.
-    resume: str = "auto"
-    dataloader_workers: int = 0
-    #: Progress bars (tqdm, on stderr) for tokenising and training.
-    show_progress: bool = True
-
-    def validate(self) -> None:
-        """Raise :class:`RetromemError` naming the bad option and its fix."""
-        if not self.data:
-            raise RetromemError("no pretraining data: give at least one --data source (text, JSONL, BEIR, datasets)")
-        if self.precision not in PRECISIONS:
-            raise RetromemError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
-        reporters(self.report_to)  # raises on an unknown name
-        for name in ("max_length", "per_device_batch_size", "gradient_accumulation_steps", "save_steps",
-                     "logging_steps", "shuffle_buffer"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise RetromemError(f"{named(name)} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps <= 0 and self.epochs <= 0:
-            raise RetromemError(f"give {named('max_steps')} > 0 or {named('epochs')} > 0")
-        if self.streaming and self.max_steps <= 0:
-            raise RetromemError(f"streaming text has no known length: give {named('max_steps')}")
-        if self.warmup < 0:
-            raise RetromemError(f"{named('warmup')} must be >= 0, got {self.warmup}")
-        if self.learning_rate <= 0:
-            raise RetromemError(f"{named('learning_rate')} must be > 0, got {self.learning_rate}")
-        if self.head_learning_rate is not None and self.head_learning_rate <= 0:
-            raise RetromemError(f"{named('head_learning_rate')} must be > 0 (or unset), got {self.head_learning_rate}")
-        if self.min_segment_length is not None and self.min_segment_length < 2:
-            raise RetromemError(f"{named('min_segment_length')} must be at least 2 (one token to mask, one to see), "
-                                f"got {self.min_segment_length}")
-        if self.max_grad_norm < 0 or self.weight_decay < 0 or self.dataloader_workers < 0:
-            raise RetromemError(f"{named('max_grad_norm')} ({self.max_grad_norm}), {named('weight_decay')} "
-                                f"({self.weight_decay}) and {named('dataloader_workers')} ({self.dataloader_workers}) "
-                                "must be >= 0")
-        if self.head_warmup_steps < 0:
-            raise RetromemError(f"{named('head_warmup_steps')} must be >= 0, got {self.head_warmup_steps}")
-        if self.head_warmup_steps and 0 < self.max_steps <= self.head_warmup_steps:
-            raise RetromemError(f"head_warmup_steps ({self.head_warmup_steps}) leaves none of the {self.max_steps} "
-                                "steps to the encoder: give fewer head warm-up steps or more max_steps")
-        check_resume(self.resume)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        return options_from_dict(cls, values, "pretraining")
 
 
 def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) -> Path:
@@ -207,79 +73,29 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     ``TrainerCallback`` objects (their hooks receive the unwrapped model and the optimizer).
     """
     config.validate()
-    output_dir = Path(config.output_dir)
     precision = resolve_precision(config.precision)
-    args = _training_arguments(config, output_dir, precision)  # also sets up torch.distributed under a launcher
+    args = _training_arguments(config, precision)  # also sets up torch.distributed under a launcher
     _one_device_without_launcher(args)
-    checkpoint = checkpoint_to_resume(config.resume, output_dir, RUN_FILE, args.process_index == 0,
-                                      functools.partial(_refuse_changed_run, config, args.world_size))
-    if args.process_index == 0:
-        write_json_atomic(output_dir / RUN_FILE, {**asdict(config), "precision_resolved": precision,
-                                                  "world_size": args.world_size})
-
-    if args.device.type == "cpu":
-        # Tiny gradients and optimizer moments become subnormal floats, which x86 CPUs compute on up to
-        # 10x slower; flushing them to zero changes nothing measurable in training.
-        torch.set_flush_denormal(True)
-        keep_freed_memory()  # large tensors reuse freed heap memory instead of page-faulting in fresh mmaps
+    run = start_run(config, args, precision, refuse_changed=functools.partial(_refuse_changed_run, config,
+                                                                              args.world_size))
     set_seed(config.seed)
     model = _build_model(config)
-    segment_length = model.segment_length(config.max_length)
-    if config.min_segment_length is not None and config.min_segment_length < model.min_segment_length:
-        raise RetromemError(f"min_segment_length {config.min_segment_length} is below the {model.min_segment_length} "
-                            f"tokens that {model.objective} needs per example: give at least "
-                            f"{model.min_segment_length} (or leave it unset)")
-    min_length = config.min_segment_length or min(segment_length, max(DEFAULT_MIN_SEGMENT, model.min_segment_length))
-    with args.main_process_first(local=True, desc="tokenising pretraining text"):
-        segments = load_pretrain_segments(
-            config.data, model.tokenizer, segment_length, text_field=config.text_field,
-            title_field=config.title_field, id_field=config.id_field, min_segment_length=min_length,
-            streaming=config.streaming, num_proc=config.num_proc, cache_dir=config.cache_dir,
-            show_progress=config.show_progress, processes=args.world_size,
-        )
-    train_data = segments.select_columns(["input_ids"])
-    if config.streaming:
-        train_data = train_data.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer)
-        if args.world_size > 1:
-            # Each process reads its own share of the stream, and shares seldom hold the same number of
-            # batches: a process whose share ran out would end its epoch (and, with gradient accumulation,
-            # step on a partial group) while the others go on, and their collective calls would no longer
-            # pair up (a hang). An endless share per process keeps them in step; max_steps ends the run.
-            train_data = train_data.repeat(None)
-    log.info("pretraining %s (%s) on %s segments of up to %d tokens, precision %s, %s",
-             config.model, model.objective, getattr(segments, "num_rows", "streamed"), segment_length, precision,
-             f"resuming from {checkpoint}" if checkpoint else "from step 0")
+    segments, train_data = _training_data(config, model, run)
+    log.info("pretraining %s (%s) on %s segments of up to %d tokens, precision %s, %s", config.model,
+             model.objective, getattr(segments, "num_rows", "streamed"), model.segment_length(config.max_length),
+             precision, run.resuming())
 
     trainer = PretrainTrainer(model=model, args=args, train_dataset=train_data,
                               head_learning_rate=config.head_learning_rate,
                               head_warmup_steps=config.head_warmup_steps,
                               data_collator=model.collator(config.max_length, seed=config.seed),
-                              callbacks=[ProgressFractionCallback(model), CurrentIntervalsCallback(),
-                                         *_report_callbacks(config, output_dir),
-                                         *callbacks])
-    log_through_logging(trainer, log)
-    final = output_dir / FINAL_DIR
-    if checkpoint is not None and run_complete(checkpoint, config.max_steps, config.epochs):
-        # the run ended at this checkpoint (and crashed before final/ was written, or is run again):
-        # resuming would train one more step (transformers steps once before it checks max_steps)
-        log.info("%s is the end of the run: saving it as %s", checkpoint, final)
-        trainer._load_from_checkpoint(str(checkpoint))
-        state = read_json(checkpoint / TRAINER_STATE_NAME)
-        global_step, metrics, log_history = state["global_step"], {}, state.get("log_history", [])
-    else:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        global_step, metrics, log_history = trainer.state.global_step, result.metrics, trainer.state.log_history
-
-    trainer.accelerator.wait_for_everyone()
-    if trainer.is_world_process_zero():
-        save_final(trainer.accelerator.unwrap_model(trainer.model), final, {
-            "config": asdict(config), "objective": model.objective, "precision": precision,
-            "global_step": global_step, "resumed_from": str(checkpoint) if checkpoint else None, "metrics": metrics,
-            "segments": getattr(segments, "num_rows", None), "world_size": args.world_size,
-            "torch": torch.__version__, "python": platform.python_version(),
-        }, log_history)
-    trainer.accelerator.wait_for_everyone()
-    return final
+                              callbacks=[ProgressFractionCallback(model), *callbacks])
+    run.attach(trainer, log)
+    run.accept()
+    outcome = run.train(trainer, lambda checkpoint: trainer._load_from_checkpoint(str(checkpoint)))
+    record = run.record(outcome, objective=model.objective, segments=getattr(segments, "num_rows", None))
+    return run.finish(trainer, lambda: save_final(trainer.accelerator.unwrap_model(trainer.model), run.final, record,
+                                                  outcome.log_history))
 
 
 def save_final(model: Any, final: Path, run_info: dict[str, Any],
@@ -288,11 +104,9 @@ def save_final(model: Any, final: Path, run_info: dict[str, Any],
 
     With the trainer's ``log_history``, ``training_loss.png`` plots the loss and its components.
     """
-    with atomic_folder(final) as staging:
-        model.save_pretrained(str(staging))
-        write_json_atomic(staging / "training_run.json", run_info)
-        objective = getattr(model, "objective", None) or run_info.get("config", {}).get("objective", "")
-        plot_training_losses(log_history, staging / "training_loss.png", title=f"pretraining: {objective}")
+    objective = getattr(model, "objective", None) or run_info.get("config", {}).get("objective", "")
+    save_final_folder(final, lambda folder: model.save_pretrained(str(folder)), "training_run.json", run_info,
+                      log_history, title=f"pretraining: {objective}")
     log.info("saved the pretrained model to %s", final)
     return final
 
@@ -469,8 +283,42 @@ def _one_device_without_launcher(args: TrainingArguments) -> None:
         args._n_gpu = 1
 
 
-def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str) -> TrainingArguments:
-    report_to = [r for r in reporters(config.report_to) if r not in ("none", "tensorboard")]
+def _training_data(config: PretrainConfig, model: PretrainModel, run: TrainingRun):
+    """The tokenised segments (by the first process of each node; the others reuse its cache) and the dataset
+    the trainer reads; a step that would need more segments than there are is refused."""
+    segment_length = model.segment_length(config.max_length)
+    if config.min_segment_length is not None and config.min_segment_length < model.min_segment_length:
+        raise ConfigError(f"min_segment_length {config.min_segment_length} is below the {model.min_segment_length} "
+                          f"tokens that {model.objective} needs per example: give at least "
+                          f"{model.min_segment_length} (or leave it unset)")
+    min_length = config.min_segment_length or min(segment_length, max(DEFAULT_MIN_SEGMENT, model.min_segment_length))
+    args = run.args
+    with args.main_process_first(local=True, desc="tokenising pretraining text"):
+        segments = load_pretrain_segments(
+            config.data, model.tokenizer, segment_length, text_field=config.text_field,
+            title_field=config.title_field, id_field=config.id_field, min_segment_length=min_length,
+            streaming=config.streaming, num_proc=config.num_proc, cache_dir=config.cache_dir,
+            show_progress=config.show_progress, processes=args.world_size,
+        )
+    per_step = config.per_device_batch_size * config.gradient_accumulation_steps * args.world_size
+    rows = getattr(segments, "num_rows", None)
+    if rows is not None and per_step > rows:
+        raise ConfigError(f"one optimizer step takes {per_step} examples ({named(config, 'per_device_batch_size')} x "
+                          f"{named(config, 'gradient_accumulation_steps')} x {args.world_size} process(es)), more "
+                          f"than the {rows} segments of the text: give a smaller batch or more text")
+    train_data = segments.select_columns(["input_ids"])
+    if config.streaming:
+        train_data = train_data.shuffle(seed=config.seed, buffer_size=config.shuffle_buffer or DEFAULT_SHUFFLE_BUFFER)
+        if args.world_size > 1:
+            # Each process reads its own share of the stream, and shares seldom hold the same number of
+            # batches: a process whose share ran out would end its epoch (and, with gradient accumulation,
+            # step on a partial group) while the others go on, and their collective calls would no longer
+            # pair up (a hang). An endless share per process keeps them in step; max_steps ends the run.
+            train_data = train_data.repeat(None)
+    return segments, train_data
+
+
+def _training_arguments(config: PretrainConfig, precision: str) -> TrainingArguments:
     # Streamed text is an IterableDataset, which accelerate by default reads on the first process only and
     # dispatches as slices of the concatenated batches of all processes: that needs batches of one width and
     # row count, which the collator (each batch padded to its longest text, short texts dropped) does not
@@ -478,55 +326,25 @@ def _training_arguments(config: PretrainConfig, output_dir: Path, precision: str
     # (whole data files when they split evenly among the processes, else every n-th batch).
     accelerator_config = {"dispatch_batches": False} if config.streaming else None
     return TrainingArguments(
+        **trainer_arguments(config, precision),
         accelerator_config=accelerator_config,
-        output_dir=str(output_dir),
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler,
         warmup_steps=config.warmup if config.warmup < 1 else int(config.warmup),
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        num_train_epochs=config.epochs,
-        seed=config.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not has_accelerator(),
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_strategy="steps",
-        logging_steps=config.logging_steps,
-        report_to=report_to or "none",
         dataloader_num_workers=config.dataloader_workers,
         remove_unused_columns=False,
-        disable_tqdm=not config.show_progress,
     )
 
 
 def _refuse_changed_run(config: PretrainConfig, world_size: int, checkpoint: Path, previous: dict[str, Any]) -> None:
-    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that differs in _RESUME_MUST_MATCH
-    or in the number of processes (which sets the batch, and where in the data a step is)."""
-    current = {**json.loads(json.dumps(asdict(config))), "world_size": world_size}  # as written: tuples -> lists
-    # no objective means the same as naming the one it stands for (the model is the same, or refused)
+    """Refuse to resume ``checkpoint`` of a run (its settings: ``previous``) that differs in RESUME_MUST_MATCH
+    or in the number of processes (:func:`retromem.pretrain.run.refuse_changed_run`); no objective means the
+    same as naming the one it stands for (the model is the same, or refused)."""
+    current = {**config.as_written(), "world_size": world_size}
     implied = _implied_objective(config)
     current["objective"] = current["objective"] or implied
     if "objective" in previous:
         previous = {**previous, "objective": previous["objective"] or implied}
-    changed = [k for k in (*_RESUME_MUST_MATCH, "world_size") if k in previous and previous[k] != current[k]]
-    if changed:
-        what = "; ".join(f"{'the number of processes' if k == 'world_size' else named(k)}: {previous[k]!r} in "
-                         f"that run, {current[k]!r} now" for k in changed)
-        raise MismatchError(f"cannot resume {checkpoint}, written with other settings ({what}): use the same "
-                            "options, or another --output to start afresh")
-
-
-def _report_callbacks(config: PretrainConfig, output_dir: Path) -> list[TrainerCallback]:
-    if "tensorboard" not in reporters(config.report_to):
-        return []
-    from transformers.integrations import TensorBoardCallback
-
-    callback = TensorBoardCallback()
-    callback.logging_dir = str(output_dir / "tensorboard")  # writer opens on the main process at train begin
-    return [callback]
+    refuse_changed_run(config, checkpoint, previous, current)

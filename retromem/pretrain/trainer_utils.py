@@ -1,20 +1,17 @@
-"""What the two training drivers share: pretraining (:mod:`retromem.pretrain.train`, on the HF
-``Trainer``) and contrastive fine-tuning (:mod:`retromem.pretrain.finetune`, on sentence-transformers'
-trainer, a ``Trainer`` subclass).
+"""The trainer-level pieces of the run lifecycle (:mod:`retromem.pretrain.run`), for the HF ``Trainer`` and
+its subclasses (sentence-transformers' trainer):
 
-- options: a run's options dataclass from a dict (:func:`options_from_dict`);
-- reporters: ``report_to`` parsed and checked (:func:`reporters`);
 - checkpoints: the ``checkpoint-<step>`` folders of a run, which are complete, and the one to resume
-  from as a run's ``resume`` option (:func:`check_resume`) says (:func:`checkpoint_to_resume`);
+  from as a run's ``resume`` option says (:func:`checkpoint_to_resume`);
 - ``final/``: written beside itself and swapped in by renames (:func:`atomic_folder`), so that an
   interrupted save leaves the previous folder (or none), never a broken one;
-- logs: :func:`log_through_logging` sends a trainer's logs to ``logging`` instead of stdout.
+- logs: :func:`log_through_logging` sends a trainer's logs to ``logging`` instead of stdout, and
+  :func:`plot_training_losses` draws them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -22,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
@@ -32,36 +29,6 @@ from retromem.errors import RetromemError
 from retromem.io import atomic_path, read_json, usual_modes
 
 log = logging.getLogger(__name__)
-
-REPORTERS = ("none", "tensorboard", "wandb")
-
-Options = TypeVar("Options")
-
-
-def options_from_dict(cls: type[Options], values: dict[str, Any], what: str) -> Options:
-    """``cls(**values)`` for a run's options dataclass; unknown names raise, naming them (``what``: the run kind)."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RetromemError(f"unknown {what} option(s): {', '.join(unknown)}")
-    return cls(**values)
-
-
-def reporters(report_to: str | Sequence[str]) -> list[str]:
-    """The names in ``report_to`` (comma-separated, or a list); a name not in :data:`REPORTERS` raises."""
-    items = report_to.split(",") if isinstance(report_to, str) else list(report_to)
-    names = [item.strip() for item in items if item.strip()]
-    unknown = [name for name in names if name not in REPORTERS]
-    if unknown:
-        raise RetromemError(f"unknown report_to {unknown}: use one of {', '.join(REPORTERS)}")
-    return names
-
-
-def check_resume(resume: str) -> None:
-    """Refuse a ``resume`` option that is not ``auto``, ``never`` or a folder (see :func:`checkpoint_to_resume`)."""
-    if resume not in ("auto", "never") and not Path(resume).is_dir():
-        raise RetromemError(f"resume must be 'auto', 'never' or a checkpoint folder; {resume} is none")
-
 
 def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest *complete* ``checkpoint-<step>`` in ``output_dir``: one whose trainer_state.json (written
@@ -224,8 +191,9 @@ class LogCallback(TrainerCallback):
 def plot_training_losses(log_history: Sequence[dict[str, Any]], path: Path, title: str = "training") -> Path | None:
     """Save a PNG of every logged loss (``loss`` and its ``loss_*`` components) against the step.
 
-    Returns ``None`` (and draws nothing) when fewer than two loss logs were recorded. Uses matplotlib's
-    Agg canvas directly, so no pyplot state or display is touched.
+    Each logged point is marked, so that a run that logged once still shows its loss; returns ``None``
+    (and draws nothing) when no loss was logged. Uses matplotlib's Agg canvas directly, so no pyplot
+    state or display is touched.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -237,13 +205,13 @@ def plot_training_losses(log_history: Sequence[dict[str, Any]], path: Path, titl
                 steps, values = series.setdefault(key, ([], []))
                 steps.append(int(entry["step"]))
                 values.append(float(value))
-    if not series or max(len(steps) for steps, _ in series.values()) < 2:
+    if not series:
         return None
     figure = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for key, (steps, values) in sorted(series.items()):
-        axes.plot(steps, values, label=key, linewidth=2 if key == "loss" else 1)
+        axes.plot(steps, values, label=key, linewidth=2 if key == "loss" else 1, marker="o", markersize=3)
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_title(title)
