@@ -230,7 +230,10 @@ def _reuse_finished(out_dir: Path, passages: Iterable[Passage], encoder_meta: di
                        fix="use another output folder or delete this one")
     finished = EmbeddingSet.load(out_dir)
     finished.reused = True
-    if artifact.corpus is not None and artifact.corpus.same_file(corpus_path):
+    if artifact.corpus is None or artifact.corpus.digest is None:
+        raise MismatchError(f"{out_dir} was written by an older retromem that did not record the corpus's text, so "
+                            "it cannot be checked against this corpus: delete it and encode again")
+    if artifact.corpus.same_file(corpus_path):
         return finished
     digest = CorpusDigest()
     _check_same_ids(digest.watch(passages), finished.ids, out_dir)
