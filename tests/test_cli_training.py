@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import typing
 
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
 
-from retromem.cli import main
+from retromem.cli import build_parser, main
 from retromem.index.encoder import Encoder, EncoderConfig
 
 
@@ -87,3 +91,213 @@ def test_help(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--output" in text and "--max-steps" in text and "--precision" in text
+
+
+# ---------------------------------------------------------------- bad values: one line naming the flag, exit 2
+
+HUGE_INT, HUGE_FLOAT = 10**12, 1e30
+
+
+class Accepted(Exception):
+    """Raised where an accepted run would write its run file and train: the sweep stops there."""
+
+    def __init__(self, settings):
+        super().__init__("accepted")
+        self.settings = settings
+
+
+@pytest.fixture()
+def stop_at_training(monkeypatch):
+    from retromem.pretrain.run import TrainingRun
+
+    def accept(self):
+        raise Accepted(self.settings)
+
+    monkeypatch.setattr(TrainingRun, "accept", accept)
+
+
+@pytest.fixture(scope="module")
+def shared_dirs(tmp_path_factory):
+    return {"cache": tmp_path_factory.mktemp("text-cache"), "mining": tmp_path_factory.mktemp("mining")}
+
+
+def error_line(capsys, code: int, *fragments: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in re.split(r"[\r\n]", err) if line.startswith("retromem: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def pretrain_args(model, data, out, cache, *extra, max_steps=True):
+    return ["pretrain", "--data", str(data), "--model", str(model), "--output", str(out), "--batch-size", "4",
+            "--max-length", "32", "--precision", "fp32", "--cache-dir", str(cache),
+            *(["--max-steps", "2"] if max_steps else []), *extra]
+
+
+def finetune_args(model, data, out, mining, *extra, max_steps=True):
+    return ["finetune", "--beir", str(data), "--model", str(model), "--output", str(out), "--batch-size", "2",
+            "--hard-negatives", "1", "--mine-top-k", "5", "--precision", "fp32", "--mining-workdir", str(mining),
+            *(["--max-steps", "2"] if max_steps else []), *extra]
+
+
+def test_pretrain_max_steps_0_or_negative_is_refused_instead_of_training_an_epoch(tiny_model_dir, tiny_beir_session,
+                                                                                  shared_dirs, tmp_path, capsys):
+    for value in ("0", "-2"):
+        code = main(pretrain_args(tiny_model_dir, tiny_beir_session, tmp_path / "run", shared_dirs["cache"],
+                                  f"--max-steps={value}", max_steps=False))
+        error_line(capsys, code, "--max-steps", f"got {value}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_finetune_mini_batch_size_without_cached_mnrl_is_refused(tiny_st_dir, tiny_beir_session, shared_dirs,
+                                                                 tmp_path, capsys, stop_at_training):
+    code = main(finetune_args(tiny_st_dir, tiny_beir_session, tmp_path / "run", shared_dirs["mining"],
+                              "--mini-batch-size", "8"))
+    error_line(capsys, code, "--mini-batch-size", "cached-mnrl")
+    with pytest.raises(Accepted) as accepted:
+        main(finetune_args(tiny_st_dir, tiny_beir_session, tmp_path / "run", shared_dirs["mining"],
+                           "--mini-batch-size", "8", "--loss", "cached-mnrl"))
+    assert accepted.value.settings.mini_batch_size == 8
+
+
+def test_from_scratch_help_and_behaviour_agree(tiny_model_dir, tiny_beir_session, shared_dirs, tmp_path, capsys,
+                                               stop_at_training):
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = commands.choices["pretrain"]
+    text = next(a.help for a in parser._actions if "--from-scratch" in a.option_strings)
+    assert "a folder or alias (whose own tokenizer is used" in text
+    assert "config.json file (which needs --tokenizer)" in text
+    args = pretrain_args(tiny_model_dir, tiny_beir_session, tmp_path / "run", shared_dirs["cache"], "--from-scratch")
+    with pytest.raises(Accepted):  # a folder: its own tokenizer, no --tokenizer needed
+        main(args)
+    config_json = ["--model", str(tiny_model_dir / "config.json")]
+    error_line(capsys, main([*args, *config_json]), "--tokenizer", "config.json")
+    with pytest.raises(Accepted):
+        main([*args, *config_json, "--tokenizer", str(tiny_model_dir)])
+
+
+def test_a_run_that_logged_no_loss_says_so_and_one_loss_is_plotted(tiny_model_dir, tiny_beir_session, shared_dirs,
+                                                                   tmp_path, caplog):
+    base = pretrain_args(tiny_model_dir, tiny_beir_session, tmp_path / "quiet", shared_dirs["cache"], "--save-steps",
+                         "2", "--objective", "mlm")
+    assert main(base) == 0  # two steps, a loss logged every 50 (the default): none
+    record = json.loads((tmp_path / "quiet" / "final" / "training_run.json").read_text())
+    assert record["loss_plot"] is None and "--logging-steps" in record["loss_plot_note"]
+    assert not (tmp_path / "quiet" / "final" / "training_loss.png").exists()
+    assert "has no training_loss.png" in caplog.text
+    once = [*base[:base.index("--output")], "--output", str(tmp_path / "once"), *base[base.index("--output") + 2:],
+            "--logging-steps", "2"]
+    assert main(once) == 0
+    final = tmp_path / "once" / "final"
+    assert json.loads((final / "training_run.json").read_text())["loss_plot"] == "training_loss.png"
+    assert (final / "training_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_refused_run_leaves_no_run_file(tiny_model_dir, tiny_st_dir, tiny_beir_session, shared_dirs, tmp_path,
+                                          capsys):
+    out = tmp_path / "pretrain"
+    code = main(pretrain_args(tiny_model_dir, tiny_beir_session, out, shared_dirs["cache"], "--objective", "retromae",
+                              "--dupmae-bow-weight", "2"))  # refused once the model is built: no objective uses it
+    error_line(capsys, code, "--dupmae-bow-weight")
+    assert not (out / "retromem_pretrain_run.json").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "positive": "p"}\n{"query": "q2"}\n')
+    out = tmp_path / "finetune"
+    code = main(["finetune", "--jsonl", str(bad), "--model", str(tiny_st_dir), "--output", str(out), "--batch-size",
+                 "1", "--precision", "fp32", "--mining-workdir", str(shared_dirs["mining"])])
+    error_line(capsys, code, f"{bad}:2", "missing 'positive'")
+    assert not (out / "retromem_finetune_run.json").exists()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_an_output_that_is_a_file_is_one_line_and_left_alone(command, tiny_model_dir, tiny_st_dir, tiny_beir_session,
+                                                             shared_dirs, tmp_path, capsys):
+    out = tmp_path / "a-file"
+    out.write_text("keep me")
+    args = (pretrain_args(tiny_model_dir, tiny_beir_session, out, shared_dirs["cache"]) if command == "pretrain"
+            else finetune_args(tiny_st_dir, tiny_beir_session, out, shared_dirs["mining"]))
+    error_line(capsys, main(args), f"--output {out} is a file")
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_an_output_that_cannot_be_written_is_one_line(command, tiny_model_dir, tiny_st_dir, tiny_beir_session,
+                                                      shared_dirs, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    out = locked / "run"
+    args = (pretrain_args(tiny_model_dir, tiny_beir_session, out, shared_dirs["cache"]) if command == "pretrain"
+            else finetune_args(tiny_st_dir, tiny_beir_session, out, shared_dirs["mining"]))
+    error_line(capsys, main(args), "not writable")
+    assert not out.exists()
+
+
+def _numeric_options(command: str):
+    """Every numeric option of the command, from the declarations (so an option added later is swept too)."""
+    from retromem.cli.options import _base_type
+    from retromem.options import flag, option_specs
+    from retromem.pretrain.finetune_config import FinetuneConfig
+    from retromem.pretrain.objective_options import ObjectiveOptions
+    from retromem.pretrain.pretrain_config import PretrainConfig
+
+    classes = (PretrainConfig, ObjectiveOptions) if command == "pretrain" else (FinetuneConfig,)
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for name, spec in option_specs(cls).items():
+            kind = _base_type(hints[name])[0]
+            if spec.cli and kind in (int, float):
+                yield cls.__name__, name, flag(cls, name), kind
+
+
+def _sweep_cases():
+    for command in ("pretrain", "finetune"):
+        for owner, name, option, kind in _numeric_options(command):
+            huge = HUGE_INT if kind is int else HUGE_FLOAT
+            for value in (kind(0), kind(-2), huge):
+                yield pytest.param(command, owner, name, option, value, id=f"{command} {option}={value:g}")
+
+
+#: The values the commands take as given, each a documented meaning (docs/pretraining.md, "Edge values"); every
+#: other 0, negative or huge value of a numeric option must be refused, naming the flag.
+ACCEPTED = {
+    "pretrain": {("--max-steps", HUGE_INT), ("--epochs", HUGE_FLOAT), ("--lr", HUGE_FLOAT), ("--head-lr", HUGE_FLOAT),
+                 ("--weight-decay", 0), ("--weight-decay", HUGE_FLOAT), ("--max-grad-norm", 0),
+                 ("--max-grad-norm", HUGE_FLOAT), ("--seed", 0), ("--save-steps", HUGE_INT),
+                 ("--save-total-limit", HUGE_INT), ("--logging-steps", HUGE_INT), ("--head-warmup-steps", 0),
+                 ("--warmup", 0), ("--dataloader-workers", 0), ("--dupmae-bow-weight", 0),
+                 ("--dupmae-bow-weight", HUGE_FLOAT), ("--matryoshka-samples", 0)},
+    "finetune": {("--max-steps", HUGE_INT), ("--epochs", HUGE_FLOAT), ("--lr", HUGE_FLOAT), ("--weight-decay", 0),
+                 ("--weight-decay", HUGE_FLOAT), ("--max-grad-norm", 0), ("--max-grad-norm", HUGE_FLOAT),
+                 ("--seed", 0), ("--save-steps", HUGE_INT), ("--save-total-limit", HUGE_INT),
+                 ("--logging-steps", HUGE_INT), ("--scale", HUGE_FLOAT), ("--hard-negatives", 0),
+                 ("--mine-top-k", HUGE_INT), ("--mine-skip", 0), ("--mine-max-score-ratio", HUGE_FLOAT),
+                 ("--encode-batch-size", HUGE_INT), ("--warmup-ratio", 0), ("--mini-batch-size", HUGE_INT)},
+}
+
+
+@pytest.mark.parametrize("command, owner, name, option, value", list(_sweep_cases()))
+def test_every_numeric_option_refuses_or_keeps_an_edge_value(command, owner, name, option, value, tiny_model_dir,
+                                                             tiny_st_dir, tiny_beir_session, shared_dirs, tmp_path,
+                                                             capsys, stop_at_training):
+    given = [f"{option}={value}"]
+    budget = option != "--epochs"  # --max-steps would override --epochs
+    if command == "pretrain":
+        args = pretrain_args(tiny_model_dir, tiny_beir_session, tmp_path / "run", shared_dirs["cache"], "--objective",
+                             "dupmae+bow+matryoshka", *given, max_steps=budget)  # every objective option acts
+    else:
+        extra = ["--loss", "cached-mnrl"] if option == "--mini-batch-size" else []
+        args = finetune_args(tiny_st_dir, tiny_beir_session, tmp_path / "run", shared_dirs["mining"], *extra, *given,
+                             max_steps=budget)
+    try:
+        code = main(args)
+    except Accepted as accepted:
+        assert (option, value) in ACCEPTED[command], f"{option} {value} was accepted: refuse it or document it"
+        settings = accepted.settings
+        kept = settings.objective_options[name] if owner == "ObjectiveOptions" else getattr(settings, name)
+        assert kept == value and type(kept) is type(value)  # taken as given, not clamped or reinterpreted
+        return
+    assert (option, value) not in ACCEPTED[command], capsys.readouterr().err[-2000:]
+    error_line(capsys, code, option)

@@ -69,7 +69,7 @@ class FinetuneConfig(RunSettings):
                        "large batches in small memory")
     scale: float = option(20.0, gt=0, help="similarity scale (1 / temperature)")
     mini_batch_size: int | None = option(None, min=1, help=f"cached-mnrl: texts per forward pass (default "
-                                         f"{DEFAULT_MINI_BATCH})")
+                                         f"{DEFAULT_MINI_BATCH}; one at least the batch makes one pass)")
     no_duplicates: bool = option(True, flag="--allow-duplicates", help="let a batch hold the same text twice (by "
                                  "default batches avoid it: a duplicate would be a false in-batch negative)")
     # hard negatives
@@ -77,7 +77,7 @@ class FinetuneConfig(RunSettings):
                                  "this number unused), mined ones fill up (0 = in-batch negatives only)")
     negatives_source: str = option("dense", choices=NEGATIVE_SOURCES, help="where negatives come from: retromem's "
                                    "dense index of the starting encoder (BM25 to come)")
-    mine_top_k: int = option(30, min=1, help="candidates searched per query")
+    mine_top_k: int = option(30, min=1, help="candidates searched per query (at most the whole corpus)")
     mine_skip: int = option(0, min=0, help="top-ranked candidates skipped (likely false negatives)")
     mine_sampling: str = option("top", choices=SAMPLINGS, help="take the best-ranked remaining candidates, or "
                                 "sample among them")
@@ -99,8 +99,9 @@ class FinetuneConfig(RunSettings):
                               "and/or --jsonl FILE (query/positive/negative records)")
         self.check_run_options()
         if self.hard_negatives and self.mine_skip + self.hard_negatives > self.mine_top_k:
-            raise ConfigError(f"mine_top_k {self.mine_top_k} leaves fewer than hard_negatives {self.hard_negatives} "
-                              f"candidates after skipping {self.mine_skip}: raise --mine-top-k")
+            raise ConfigError(f"{named(self, 'mine_top_k')} {self.mine_top_k} leaves fewer than "
+                              f"{named(self, 'hard_negatives')} {self.hard_negatives} candidates after skipping "
+                              f"{named(self, 'mine_skip')} {self.mine_skip}: raise --mine-top-k")
         if self.warmup_ratio >= 1:
             raise ConfigError(f"{named(self, 'warmup_ratio')} must be below 1 (a share of the steps), got "
                               f"{self.warmup_ratio}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retromem.options import named
 from retromem.pretrain.objective_base import EncoderPass, Objective, register
 from retromem.pretrain.objective_options import ObjectiveError
 
@@ -29,9 +30,12 @@ class Matryoshka(Objective):
     name = "matryoshka"
 
     def build_heads(self, config) -> nn.Module | None:
-        self.options.matryoshka_submodels = resolve_submodels(
-            self.options.matryoshka_submodels, int(config.num_hidden_layers), int(config.hidden_size)
-        )
+        submodels = resolve_submodels(self.options.matryoshka_submodels, int(config.num_hidden_layers),
+                                      int(config.hidden_size))
+        self.options.matryoshka_submodels = submodels
+        if self.options.matryoshka_samples > len(submodels):
+            raise ObjectiveError(f"{named(self.options, 'matryoshka_samples')} {self.options.matryoshka_samples} is "
+                                 f"more than the {len(submodels)} sub-models: give at most {len(submodels)} (0 = all)")
         return None
 
     def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:

@@ -102,8 +102,9 @@ class PretrainConfig(RunSettings):
         if self.head_warmup_steps < 0:
             raise ConfigError(f"{named(self, 'head_warmup_steps')} must be >= 0, got {self.head_warmup_steps}")
         if self.head_warmup_steps and 0 < self.max_steps <= self.head_warmup_steps:
-            raise ConfigError(f"head_warmup_steps ({self.head_warmup_steps}) leaves none of the {self.max_steps} "
-                              "steps to the encoder: give fewer head warm-up steps or more max_steps")
+            raise ConfigError(f"{named(self, 'head_warmup_steps')} {self.head_warmup_steps} leaves none of the "
+                              f"{self.max_steps} steps to the encoder: give fewer head warm-up steps or more "
+                              f"{named(self, 'max_steps')}")
         for name in ("num_proc", "dataloader_workers"):
             value, cpus = getattr(self, name), usable_cpus()
             if value is not None and value > cpus:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retromem.options import named
 from retromem.pretrain.decoder import ShallowDecoder, padding_mask
 from retromem.pretrain.masking import IGNORE_INDEX, TokenMasker
 from retromem.pretrain.mlm import masked_lm_loss
@@ -40,6 +41,10 @@ class DecoderObjective(Objective):
     default_encoder_mask_ratio = 0.30
 
     def build_heads(self, config) -> nn.Module:
+        layers = int(config.num_hidden_layers)
+        if self.options.decoder_layers > layers:
+            raise ObjectiveError(f"{named(self.options, 'decoder_layers')} {self.options.decoder_layers} is more than "
+                                 f"the encoder's {layers} layers: the decoder is a shallow one, give at most {layers}")
         return ShallowDecoder(config, self.options.decoder_layers)
 
     def basic_decoding(self) -> bool:

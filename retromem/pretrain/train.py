@@ -291,6 +291,10 @@ def _training_data(config: PretrainConfig, model: PretrainModel, run: TrainingRu
         raise ConfigError(f"min_segment_length {config.min_segment_length} is below the {model.min_segment_length} "
                           f"tokens that {model.objective} needs per example: give at least "
                           f"{model.min_segment_length} (or leave it unset)")
+    if config.min_segment_length is not None and config.min_segment_length > segment_length:
+        raise ConfigError(f"{named(config, 'min_segment_length')} {config.min_segment_length} is more than the "
+                          f"{segment_length} tokens of a segment ({named(config, 'max_length')} {config.max_length}): "
+                          f"give at most {segment_length}, or a longer --max-length")
     min_length = config.min_segment_length or min(segment_length, max(DEFAULT_MIN_SEGMENT, model.min_segment_length))
     args = run.args
     with args.main_process_first(local=True, desc="tokenising pretraining text"):
