@@ -115,13 +115,8 @@ class ObjectivePlan:
             tokens, lengths = objective.arrange(tokens, lengths)
         return tokens, lengths
 
-    def collate(
-        self,
-        batch: dict[str, torch.Tensor],
-        original_ids: torch.Tensor,
-        masker: TokenMasker,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def collate(self, batch: dict[str, torch.Tensor], original_ids: torch.Tensor, masker: TokenMasker,
+                generator: torch.Generator | None = None) -> None:
         for objective in self.objectives:
             objective.collate(batch, original_ids, masker, generator)
 

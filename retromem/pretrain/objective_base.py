@@ -129,13 +129,8 @@ class Objective:
         """Rearrange the padded ordinary tokens (N, L) before framing; default: unchanged."""
         return tokens, lengths
 
-    def collate(
-        self,
-        batch: dict[str, torch.Tensor],
-        original_ids: torch.Tensor,
-        masker: TokenMasker,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def collate(self, batch: dict[str, torch.Tensor], original_ids: torch.Tensor, masker: TokenMasker,
+                generator: torch.Generator | None = None) -> None:
         """Add this objective's tensors to a batch that already has the masked encoder input."""
 
     def losses(self, encoded: EncoderPass, head: nn.Module | None) -> dict[str, tuple[torch.Tensor, float]]:

@@ -51,13 +51,8 @@ class DecoderObjective(Objective):
         """Whether the decoder reads the input masked again at ``decoder_mask_ratio`` (:func:`decoding_loss`)."""
         return True
 
-    def collate(
-        self,
-        batch: dict[str, torch.Tensor],
-        original_ids: torch.Tensor,
-        masker: TokenMasker,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def collate(self, batch: dict[str, torch.Tensor], original_ids: torch.Tensor, masker: TokenMasker,
+                generator: torch.Generator | None = None) -> None:
         if self.basic_decoding():
             batch["decoder_input_ids"], batch["decoder_labels"] = masker.mask(
                 original_ids, batch["attention_mask"], self.plan.decoder_masking(), generator
