@@ -51,7 +51,6 @@ from retromem.pretrain.run import FINAL_DIR, save_final_folder, start_run, train
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = FinetuneConfig.RUN_FILE
 FINAL_INFO = "finetune_run.json"
 
 

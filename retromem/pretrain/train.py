@@ -57,7 +57,6 @@ from retromem.pretrain.run import (
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = PretrainConfig.RUN_FILE
 #: Shortest document piece kept as a training example unless min_segment_length says otherwise.
 DEFAULT_MIN_SEGMENT = 16
 #: The objective of a run from a plain encoder when none is given.
