@@ -162,6 +162,16 @@ def test_finetune_mini_batch_size_without_cached_mnrl_is_refused(tiny_st_dir, ti
     assert accepted.value.settings.mini_batch_size == 8
 
 
+@pytest.mark.parametrize("extra", [["--mine-top-k", "50"], ["--mining-model", "minilm", "--mine-skip", "2"]])
+def test_finetune_mining_options_without_hard_negatives_are_refused(extra, tiny_st_dir, tiny_beir_session, shared_dirs,
+                                                                    tmp_path, capsys, stop_at_training):
+    args = finetune_args(tiny_st_dir, tiny_beir_session, tmp_path / "run", shared_dirs["mining"], "--hard-negatives",
+                         "0", *extra)
+    error_line(capsys, main(args), *[a for a in extra if a.startswith("--")], "--hard-negatives 0")
+    with pytest.raises(Accepted):                             # with negatives to mine, the same options are used
+        main([*args[:-len(extra) - 2], *extra])
+
+
 def test_from_scratch_help_and_behaviour_agree(tiny_model_dir, tiny_beir_session, shared_dirs, tmp_path, capsys,
                                                stop_at_training):
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

@@ -8,6 +8,8 @@ from pathlib import Path
 from retromem.cli.common import HelpFormatter, check_output_folder, is_main_process, show_training_logs
 from retromem.cli.options import add_options, config_from_args
 from retromem.cli.training import RUN_OPTIONS, add_training_options
+from retromem.errors import ConfigError
+from retromem.options import flag
 from retromem.pretrain.finetune_config import FinetuneConfig
 
 DATA = ("beir", "jsonl")
@@ -39,9 +41,21 @@ def run(args) -> int:
 
     check_output_folder(Path(args.output_dir))
     config = config_from_args(FinetuneConfig, args, jsonl=args.jsonl or [])
+    _refuse_unused_mining_options(config, getattr(args, "given", frozenset()))
     show_training_logs()
     start = time.perf_counter()
     final = finetune(config)
     if final is not None and is_main_process():
         print(f"fine-tuned in {time.perf_counter() - start:.1f}s -> {final}")
     return 0
+
+
+def _refuse_unused_mining_options(config: FinetuneConfig, given: frozenset[str]) -> None:
+    """With --hard-negatives 0 nothing is mined: a mining option given then is a mistake."""
+    if config.hard_negatives:
+        return
+    unused = [flag(FinetuneConfig, name) for name in NEGATIVES if name != "hard_negatives"
+              and flag(FinetuneConfig, name) in given]
+    if unused:
+        raise ConfigError(f"{', '.join(unused)} would not be used: --hard-negatives 0 trains on in-batch negatives "
+                          "only and mines nothing; leave them out, or give --hard-negatives 1 or more")
