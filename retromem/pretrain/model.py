@@ -376,11 +376,7 @@ def _load_tokenizer(tokenizer: str | Any):
 def _write_sentence_transformer(folder: Path, dimension: int, max_seq_length: int | None) -> None:
     """Have sentence-transformers write its own files for Transformer + Pooling(cls), no normalisation."""
     from sentence_transformers import SentenceTransformer
-
-    try:
-        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    except ImportError:  # sentence-transformers < 6
-        from sentence_transformers.models import Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
     kwargs = {"max_seq_length": max_seq_length} if max_seq_length else {}
     transformer = Transformer(str(folder), **kwargs)
