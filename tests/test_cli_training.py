@@ -304,6 +304,8 @@ def test_every_numeric_option_refuses_or_keeps_an_edge_value(command, owner, nam
         extra = ["--loss", "cached-mnrl"] if option == "--mini-batch-size" else []
         args = finetune_args(tiny_st_dir, tiny_beir_session, tmp_path / "run", shared_dirs["mining"], *extra, *given,
                              max_steps=budget)
+        if option == "--hard-negatives" and value == 0:  # nothing is mined: the mining options would be refused
+            args = _without(args, "--mine-top-k", "--mining-workdir")
     try:
         code = main(args)
     except Accepted as accepted:
@@ -314,3 +316,16 @@ def test_every_numeric_option_refuses_or_keeps_an_edge_value(command, owner, nam
         return
     assert (option, value) not in ACCEPTED[command], capsys.readouterr().err[-2000:]
     error_line(capsys, code, option)
+
+
+def _without(args: list[str], *options: str) -> list[str]:
+    """``args`` without each of ``options`` and the value after it."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
