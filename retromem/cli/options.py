@@ -76,9 +76,11 @@ def _add_one(parser, cls: type, name: str, spec: OptionSpec, hint: Any, default:
         else:
             parser.add_argument(option, action="store_true", default=False, **common)
         return
+    if spec.parse is not None and isinstance(default, (tuple, list)):
+        default = ",".join(map(str, default))  # shown as it is typed; values_from_args parses it like typed text
     extra: dict[str, Any] = {"default": default, "required": required}
-    if spec.metavar:
-        extra["metavar"] = spec.metavar
+    if spec.metavar or spec.choices is None:  # choices show themselves as the metavar
+        extra["metavar"] = spec.metavar or option.lstrip("-").replace("-", "_").upper()
     if spec.choices is not None and spec.parse is None:
         extra["choices"] = spec.choices
     if spec.parse is not None:
