@@ -4,6 +4,7 @@ and the shared real-data folder (tests that need it skip where it is absent)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sys
@@ -167,3 +168,15 @@ def tokenizer():
     from retromem.model_paths import resolve_model_path
 
     return AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+
+
+@pytest.fixture()
+def restore_logging():
+    """main() may configure the root logger with the (captured) stderr of the moment; undo it after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

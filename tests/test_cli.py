@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 
 import numpy as np
@@ -17,16 +16,7 @@ from retromem.retrieve.runfile import read_trec_run
 TINY = ["--precision", "fp32", "--pooling", "mean", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging(isolated_env):
-    """main() configures the root logger with the (captured) stderr of the moment; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("isolated_env", "restore_logging")
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import shutil
@@ -20,15 +19,7 @@ TINY = ["--precision", "fp32", "--pooling", "mean", "--device", "cpu"]
 HUGE = 10**12
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging(isolated_env):
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in root.handlers[:]:
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("isolated_env", "restore_logging")
 
 
 def one_line_error(capsys, code: int, *fragments: str) -> str:
