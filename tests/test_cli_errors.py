@@ -401,3 +401,18 @@ def test_encode_warns_about_empty_documents_and_counts_them(tiny_beir, tiny_mode
     assert not [line for line in lines if "warning:" in line and not line.startswith("warning:")]  # own line
     assert len(warnings) == 1 and "1" in warnings[0] and "blank" in warnings[0], captured.err
     assert "encoded 41 passages" in captured.out                                   # still encoded, as documented
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["encode", "--output", "x"], "required: --corpus"),
+    (["search", "--index", "i", "--queries", "q", "--output", "o", "--top-k", "ten"], "--top-k: invalid int"),
+    (["eval", "beir", "--dataset", "d", "--pooling", "max"], "--pooling: invalid choice"),
+    (["pretrain", "--data", "d", "--output", "o", "--lr-scheduler", "reduce_lr_on_plateau"], "--lr-scheduler"),
+    (["no-such-command"], "invalid choice"),
+])
+def test_parse_errors_are_one_line_too(args, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("retromem: error: ") and fragment in err
+    assert "usage:" not in err

@@ -329,3 +329,55 @@ def _without(args: list[str], *options: str) -> list[str]:
         else:
             kept.append(arg)
     return kept
+
+
+# ---------------------------------------------------------------- a review's findings
+
+def test_a_model_kind_pretraining_cannot_build_is_one_line(tiny_model_dir, tmp_path, tiny_beir_session, shared_dirs,
+                                                            capsys):
+    from transformers import AutoTokenizer, T5Config
+
+    config = tmp_path / "t5" / "config.json"
+    config.parent.mkdir()
+    vocab = len(AutoTokenizer.from_pretrained(tiny_model_dir))
+    T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, vocab_size=vocab).to_json_file(config)
+    args = pretrain_args(config, tiny_beir_session, tmp_path / "run", shared_dirs["cache"], "--from-scratch",
+                         "--tokenizer", str(tiny_model_dir))
+    error_line(capsys, main(args), "cannot be pretrained here", "BERT-like")
+    assert not (tmp_path / "run" / "retromem_pretrain_run.json").exists()
+
+
+def test_a_folder_of_the_other_kind_of_run_is_refused_before_any_work(tiny_model_dir, tiny_st_dir, tiny_beir_session,
+                                                                     shared_dirs, tmp_path, capsys):
+    pretrain_run = tmp_path / "pretrain"
+    assert main(pretrain_args(tiny_model_dir, tiny_beir_session, pretrain_run, shared_dirs["cache"],
+                              "--save-steps", "1")) == 0
+    before = sorted(p.name for p in pretrain_run.iterdir())
+    capsys.readouterr()
+    error_line(capsys, main(finetune_args(tiny_st_dir, tiny_beir_session, pretrain_run, shared_dirs["mining"])),
+               "holds another kind of run", "retromem_pretrain_run.json")
+    assert sorted(p.name for p in pretrain_run.iterdir()) == before                     # nothing mined into it
+    error_line(capsys, main(finetune_args(tiny_st_dir, tiny_beir_session, tmp_path / "ft", shared_dirs["mining"],
+                                          "--resume", str(pretrain_run / "checkpoint-2"))),
+               "--resume", "holds another kind of run")
+
+
+def test_a_budget_below_the_checkpoint_leaves_the_run_file_as_it_was(tiny_model_dir, tiny_beir_session, shared_dirs,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "run"
+    args = pretrain_args(tiny_model_dir, tiny_beir_session, out, shared_dirs["cache"], "--save-steps", "1",
+                         max_steps=False)
+    assert main([*args, "--max-steps", "2"]) == 0
+    run_file = (out / "retromem_pretrain_run.json").read_text()
+    capsys.readouterr()
+    error_line(capsys, main([*args, "--max-steps", "1"]), "past this run's 1 steps")
+    assert (out / "retromem_pretrain_run.json").read_text() == run_file
+
+
+def test_a_head_warmup_as_long_as_an_epochs_run_leaves_no_run_file(tiny_model_dir, tiny_beir_session, shared_dirs,
+                                                                  tmp_path, capsys):
+    out = tmp_path / "run"
+    args = pretrain_args(tiny_model_dir, tiny_beir_session, out, shared_dirs["cache"], "--epochs", "0.01",
+                         "--head-warmup-steps", "5", max_steps=False)
+    error_line(capsys, main(args), "--head-warmup-steps", "encoder would never train")
+    assert not (out / "retromem_pretrain_run.json").exists()

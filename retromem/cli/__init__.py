@@ -12,7 +12,7 @@ import sys
 
 from retromem import __version__
 from retromem.cli import encode, eval, finetune, index, pretrain, search
-from retromem.cli.common import EXIT_USAGE, HelpFormatter, logging_to_stderr, quiet_other_libraries
+from retromem.cli.common import EXIT_USAGE, CommandParser, HelpFormatter, logging_to_stderr, quiet_other_libraries
 from retromem.errors import RetromemError
 
 COMMANDS = (encode, index, search, eval, pretrain, finetune)
@@ -46,7 +46,7 @@ def given_options(argv: list[str]) -> frozenset[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="retromem",
         description="Retrieval-oriented encoders: pretrain and fine-tune encoders, encode a corpus, build FAISS "
                     "indexes, search, evaluate on BEIR.",

@@ -18,6 +18,16 @@ from retromem.errors import ConfigError
 EXIT_USAGE = 2
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors (a missing option, a value of the wrong type or not among the choices)
+    are one line, as retromem's own are, instead of a usage block."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("retromem").strip()
+        self.exit(EXIT_USAGE, f"retromem: error: {command + ': ' if command else ''}{message} (see {self.prog} "
+                              "--help)\n")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default, unless it has none (None, or required), it is a switch (its default is
     the switch's absence), or its help already says it."""

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
+from retromem.errors import ConfigError
+
 
 class DecoderLayer(nn.Module):
     """Attention (queries from ``query``, keys/values from ``content``) + feed-forward, post-LN."""
@@ -24,7 +26,7 @@ class DecoderLayer(nn.Module):
         hidden = _get(config, "hidden_size")
         self.num_heads = _get(config, "num_attention_heads")
         if hidden % self.num_heads:
-            raise ValueError(f"hidden_size {hidden} is not a multiple of num_attention_heads {self.num_heads}")
+            raise ConfigError(f"hidden_size {hidden} is not a multiple of num_attention_heads {self.num_heads}")
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
@@ -85,7 +87,7 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 def _get(config, name: str) -> int:
     value = getattr(config, name, None)
     if value is None:
-        raise ValueError(
+        raise ConfigError(
             f"encoder config ({type(config).__name__}) has no {name!r}: the pretraining decoders need a "
             "BERT-like config (hidden_size, num_attention_heads, intermediate_size)"
         )

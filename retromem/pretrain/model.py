@@ -100,14 +100,16 @@ class PretrainModel(nn.Module):
             if tokenizer is None:
                 raise ObjectiveError("training from a config needs a tokenizer: pass tokenizer=<name, path or object>")
             tok = _load_tokenizer(tokenizer)
-            encoder = AutoModel.from_config(name_or_config)
-            mlm_model = AutoModelForMaskedLM.from_config(name_or_config)
+            with _unsupported_model(type(name_or_config).__name__):
+                encoder = AutoModel.from_config(name_or_config)
+                mlm_model = AutoModelForMaskedLM.from_config(name_or_config)
         else:
             path = resolve_model_path(str(name_or_config))
             tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
-            encoder = AutoModel.from_pretrained(path)
-            with _quiet_transformers():  # its load report lists the head we know may be missing
-                mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+            with _unsupported_model(path):
+                encoder = AutoModel.from_pretrained(path)
+                with _quiet_transformers():  # its load report lists the head we know may be missing
+                    mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
             fresh = [k for k in info.get("missing_keys", []) if not k.startswith(mlm_model.base_model_prefix + ".")]
             if fresh:
                 logger.info("%s has no MLM head weights for %s: initialised fresh (output tied to the word embeddings)",
@@ -395,3 +397,14 @@ def _move_tree(staging: Path, out: Path) -> None:
 
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+@contextlib.contextmanager
+def _unsupported_model(what: str):
+    """transformers' ValueError for a model kind it cannot build as an encoder with an MLM head, as one line."""
+    try:
+        yield
+    except ValueError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MismatchError(f"{what} cannot be pretrained here: {first} (pretraining needs a BERT-like encoder "
+                            "that transformers' AutoModelForMaskedLM can build)") from err

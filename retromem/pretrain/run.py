@@ -91,8 +91,13 @@ def start_run(settings: RunSettings, args: Any, precision: str, *, extra: Mappin
             refuse_changed_run(settings, checkpoint, previous, current, opaque or {})
 
     output_dir = Path(settings.output_dir)
+    _refuse_another_kind(settings, output_dir, "--output")
+    if settings.resume not in ("auto", "never"):
+        _refuse_another_kind(settings, Path(settings.resume).parent, "--resume")
     checkpoint = checkpoint_to_resume(settings.resume, output_dir, settings.RUN_FILE, args.process_index == 0,
                                       refuse_changed)
+    if checkpoint is not None:
+        run_complete(checkpoint, settings.max_steps, settings.epochs)  # a budget below the checkpoint's step raises
     if args.device.type == "cpu":
         # Tiny gradients and optimizer moments become subnormal floats, which x86 CPUs compute on up to
         # 10x slower; flushing them to zero changes nothing measurable in training.
@@ -214,6 +219,16 @@ def save_final_folder(final: Path, save_model: Callable[[Path], None], record_fi
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+def _refuse_another_kind(settings: RunSettings, folder: Path, option: str) -> None:
+    """Refuse a run folder that holds another kind of run (a pretraining's checkpoints are no fine-tuning's)."""
+    if not folder.is_dir():
+        return
+    others = sorted(p.name for p in folder.glob("retromem_*_run.json") if p.name != settings.RUN_FILE)
+    if others:
+        raise MismatchError(f"{option} {folder} holds another kind of run ({others[0]}), not a {settings.KIND} run: "
+                            "give another --output (or a checkpoint of this kind of run)")
+
 
 def _difference(settings: RunSettings, key: str, then: Any, now: Any) -> str:
     if key == "world_size":

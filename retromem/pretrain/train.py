@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,7 @@ def pretrain(config: PretrainConfig, callbacks: Sequence[TrainerCallback] = ()) 
     set_seed(config.seed)
     model = _build_model(config)
     segments, train_data = _training_data(config, model, run)
+    _check_head_warmup_fits(config, train_data, args)
     log.info("pretraining %s (%s) on %s segments of up to %d tokens, precision %s, %s", config.model,
              model.objective, getattr(segments, "num_rows", "streamed"), model.segment_length(config.max_length),
              precision, run.resuming())
@@ -266,6 +268,19 @@ def _implied_objective(config: PretrainConfig) -> str:
         if saved.is_file():
             return read_json(saved)["objective"]
     return DEFAULT_OBJECTIVE
+
+
+def _check_head_warmup_fits(config: PretrainConfig, train_data: Any, args: TrainingArguments) -> None:
+    """Refuse, before the run is accepted, a head warm-up as long as an ``--epochs`` run (the trainer counts
+    ``ceil(epochs * max(batches // grad_accum, 1))`` steps; with ``--max-steps`` validate() has checked it)."""
+    if not config.head_warmup_steps or config.max_steps > 0 or not hasattr(train_data, "__len__"):
+        return
+    batches = math.ceil(len(train_data) / (config.per_device_batch_size * args.world_size))
+    steps = math.ceil(config.epochs * max(batches // config.gradient_accumulation_steps, 1))
+    if config.head_warmup_steps >= steps:
+        raise ConfigError(f"head_warmup_steps {config.head_warmup_steps} is not below the run's {steps} steps "
+                          f"({config.epochs:g} epoch(s)): the encoder would never train; give fewer "
+                          "--head-warmup-steps, or more --epochs/--max-steps")
 
 
 def _one_device_without_launcher(args: TrainingArguments) -> None:

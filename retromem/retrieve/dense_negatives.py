@@ -3,8 +3,9 @@ work directory ``retromem eval beir`` uses, and searched by :func:`retromem.retr
 
 The cache is checked as evaluation checks it: embeddings of a corpus whose text changed since are
 encoded again, and an index of other embeddings is rebuilt. Positives are scored by their stored vectors
-(:class:`DenseScorer`), so ``max_score_ratio`` applies to every pair, however low its positive ranks;
-that encodes the queries a second time, a small share of mining beside the corpus.
+(:class:`DenseScorer`, with the query vectors of the search itself), so ``max_score_ratio`` applies to
+every pair, however low its positive ranks; that encodes the queries a second time, in the search's own
+batches, a small share of mining beside the corpus.
 """
 
 from __future__ import annotations
@@ -46,21 +47,24 @@ def mine_negatives(queries: Mapping[str, str], positives: Mapping[str, Iterable[
     index, _ = build_or_reuse_index(embeddings, work / f"index-{INDEX.factory}-{INDEX.metric}", INDEX,
                                     show_progress=show_progress, replace_other=True)
     searcher = DenseSearcher(encoder, index)  # refuses an index of another encoder
-    return mine_candidates(searcher, queries, positives, config, scorer=DenseScorer(encoder, embeddings),
+    return mine_candidates(searcher, queries, positives, config, scorer=DenseScorer(searcher, embeddings),
                            show_progress=show_progress)
 
 
 class DenseScorer:
     """Scores (query, document) pairs as the dense index does: the inner product with the stored vector."""
 
-    def __init__(self, encoder: Encoder, embeddings: EmbeddingSet):
-        self.encoder = encoder
+    def __init__(self, searcher: DenseSearcher, embeddings: EmbeddingSet):
+        self.searcher = searcher
         self.embeddings = embeddings
         self._row_of = {doc_id: row for row, doc_id in enumerate(embeddings.ids)}
 
     def score(self, queries: Mapping[str, str], docs: Mapping[str, Iterable[str]]) -> dict[str, dict[str, float]]:
-        qids = list(queries)
-        vectors = self.encoder.encode_queries([queries[q] for q in qids])
-        return {qid: {d: float(np.dot(vector, self.embeddings.vectors[self._row_of[d]]))
-                      for d in docs[qid] if d in self._row_of}
-                for qid, vector in zip(qids, vectors)}
+        """Each query's vector is the one the search used (same batches), so a positive's score and the
+        candidates' scores it is compared with come from one vector."""
+        scored: dict[str, dict[str, float]] = {}
+        for batch, vectors in self.searcher.query_vectors(dict(queries)):
+            for qid, vector in zip(batch, vectors):
+                scored[qid] = {d: float(np.dot(vector, self.embeddings.vectors[self._row_of[d]]))
+                               for d in docs[qid] if d in self._row_of}
+        return scored

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from retromem.data.passage import Passage
-from retromem.retrieve.runfile import ranked_docs
 from retromem.retrieve.searcher import Searcher
 
 SAMPLINGS = ("top", "random")
@@ -65,7 +64,8 @@ def mine_candidates(searcher: Searcher, queries: Mapping[str, str], exclude: Map
     scored = scorer.score(queries, excluded) if scorer is not None else {}
     result = {}
     for qid in queries:
-        ranking = ranked_docs(run.get(qid, {}))
+        # best first, ties in the searcher's own order (a dense search's is FAISS's, as before)
+        ranking = sorted(run.get(qid, {}).items(), key=lambda item: -item[1])
         kept = [(doc, score) for doc, score in ranking if doc not in excluded[qid]][config.skip:config.top_k]
         positive_scores = scored.get(qid) if scorer is not None else {
             doc: score for doc, score in ranking if doc in excluded[qid]}
