@@ -73,10 +73,8 @@ class EncoderInfo:
         """``name: mine != theirs`` (with ``labels``: ``name: label0 mine vs label1 theirs``) for each of
         ``fields`` where ``other`` differs."""
         theirs = other if isinstance(other, Mapping) else other.to_dict()
-        if labels:
-            return [f"{name}: {labels[0]} {getattr(self, name)!r} vs {labels[1]} {theirs.get(name)!r}"
-                    for name in fields if getattr(self, name) != theirs.get(name)]
-        return [f"{name}: {getattr(self, name)!r} != {theirs.get(name)!r}" for name in fields
+        mine_label, their_label = (f"{labels[0]} ", f" vs {labels[1]} ") if labels else ("", " != ")
+        return [f"{name}: {mine_label}{getattr(self, name)!r}{their_label}{theirs.get(name)!r}" for name in fields
                 if getattr(self, name) != theirs.get(name)]
 
 
@@ -129,6 +127,9 @@ class ArtifactMeta:
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any], kind: str, where: str | Path | None = None) -> ArtifactMeta:
+        if not isinstance(values, Mapping) or not isinstance(values.get("schema", 0), int):
+            raise DataError(f"not the metadata of a {kind} (a JSON object with an integer schema)", where,
+                            fix="the file is damaged: delete the folder and make it again")
         found_kind = values.get("kind", kind)
         if found_kind != kind:
             raise MismatchError(f"{where}: this is the metadata of a {found_kind}, not of a {kind}")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from retromem.errors import DataError, MissingDataError
+from retromem.errors import ConfigError, DataError, MissingDataError
 
 
 @contextlib.contextmanager
@@ -176,3 +176,19 @@ def count_lines(path: str | Path) -> int | None:
         return None
     with open(path, "rb") as handle:
         return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+
+
+def read_ids(path: Path, fix: str) -> list[str]:
+    """The ids in an artifact's ``ids.txt``, one a line; a missing file raises :class:`MissingDataError` (``fix``)."""
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as err:
+        raise MissingDataError(f"{path} is missing: {fix}") from err
+    except (UnicodeDecodeError, IsADirectoryError) as err:
+        raise DataError(f"not a text file of ids ({err})", path, fix=fix) from err
+
+
+def refuse_a_file(folder: Path, option: str, wanted: str) -> None:
+    """Refuse an output ``folder`` that is a file (``option`` and ``wanted`` name it in the message)."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{option} {folder} is a file, not a folder: give {wanted}")

@@ -414,5 +414,87 @@ def test_parse_errors_are_one_line_too(args, fragment, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("retromem: error: ") and fragment in err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and err.startswith("retromem: error: ")
+    assert fragment in err
     assert "usage:" not in err
+
+
+# ---------------------------------------------------------------- a review's findings
+
+def test_eval_keeps_top_k_documents_per_query(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path, "--top-k", "1", "--k-values", "1,10")) == 0
+    out = capsys.readouterr().out
+    run_file = next((tmp_path / "work").rglob("runs/*.trec"))
+    per_query = {}
+    for line in run_file.read_text().splitlines():
+        qid, _, doc = line.split()[:3]
+        per_query.setdefault(qid, []).append(doc)
+    assert all(len([d for d in docs if d != qid]) == 1 for qid, docs in per_query.items())
+    results = json.loads(Path(re.search(r"results: (\S+)", out).group(1), "results.json").read_text())["metrics"]
+    assert results["Recall@10"] == results["Recall@1"]                         # one document retrieved: nothing more
+
+
+def test_results_of_another_query_prefix_are_kept_beside(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path)) == 0
+    assert main(_eval(tiny_beir, tiny_model_dir, tmp_path, "--query-prefix", "query: ")) == 0
+    printed = re.findall(r"results: (\S+)", capsys.readouterr().out)
+    assert len(set(printed)) == 2
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda folder: (folder / "ids.txt").unlink(), "ids.txt is missing"),
+    (lambda folder: (folder / "meta.json").write_text("[1, 2]"), "not the metadata of a embeddings"),
+    (lambda folder: (folder / "meta.json").write_text('{"schema": "one"}'), "integer schema"),
+])
+def test_a_damaged_embeddings_folder_is_one_line(damage, fragment, built, tmp_path, capsys):
+    damage(built["emb"])
+    one_line_error(capsys, main(["index", "build", "--embeddings", str(built["emb"]), "--output",
+                                 str(tmp_path / "i")]), fragment)
+
+
+def test_an_index_without_its_ids_is_one_line(built, tiny_beir, tmp_path, capsys):
+    (built["index"] / "ids.txt").unlink()
+    one_line_error(capsys, main(["search", "--index", str(built["index"]), "--queries", str(tiny_beir), "--output",
+                                 str(tmp_path / "run.trec")]), "ids.txt is missing", "rebuild")
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tiny_beir, tiny_model_dir, tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    args = ["eval", "beir", "--dataset", str(tiny_beir), "--model", str(tiny_model_dir), "--workdir", str(a_file),
+            *TINY]
+    one_line_error(capsys, main(args), "--workdir")
+
+
+def test_abbreviated_options_are_not_taken(tiny_beir, tmp_path, capsys):
+    run_file = tmp_path / "run.trec"
+    run_file.write_text("q0 Q0 doc0 1 1.0 x\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(run_file), "--fact", "HNSW32"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --fact" in capsys.readouterr().err
+
+
+def test_a_changed_batch_size_on_resume_says_so(tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from retromem.index.encoder import Encoder
+
+    calls = {"n": 0}
+    original = Encoder.encode_passages
+
+    def fail_second(self, passages, show_progress=False):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, passages, show_progress)
+
+    monkeypatch.setattr(Encoder, "encode_passages", fail_second)
+    args = ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(tmp_path / "emb"),
+            "--chunk-size", "8", *TINY]
+    assert main([*args, "--batch-size", "4"]) == 130
+    capsys.readouterr()
+    one_line_error(capsys, main(args), "--batch-size 4", "resume")
+
+
+def test_an_untrained_index_is_reused_whatever_the_training_sample(built, capsys):
+    assert main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(built["index"]),
+                 "--train-size", "5"]) == 0
+    assert "reused Flat" in capsys.readouterr().out

@@ -57,7 +57,8 @@ def test_encode_writes_vectors_ids_and_metadata(tiny_beir, encoder, tmp_path):
     corpus_meta = {"name": "tiny", "count": 40, "digest": corpus_ref(passages).digest, "file": None}
     assert meta == dict(encoder.metadata(), count=40, dtype="float32", corpus=corpus_meta, kind="embeddings",
                         schema=SCHEMA_VERSION, retromem=__version__)
-    assert json.loads((out / "encoder.json").read_text()) == dict(encoder.metadata(), chunk_size=CHUNK)
+    assert json.loads((out / "encoder.json").read_text()) == dict(encoder.metadata(), chunk_size=CHUNK,
+                                                                      batch_size=encoder.config.batch_size)
     stored = np.load(out / "embeddings.npy")
     assert stored.dtype == np.float32 and stored.shape == (40, 64)
     # each chunk is encoded on its own: the file holds exactly those vectors, in corpus order

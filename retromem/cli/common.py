@@ -22,6 +22,10 @@ class CommandParser(argparse.ArgumentParser):
     """argparse's parser, whose errors (a missing option, a value of the wrong type or not among the choices)
     are one line, as retromem's own are, instead of a usage block."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --fact for --factory would slip past checks of what was given
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):
         command = self.prog.removeprefix("retromem").strip()
         self.exit(EXIT_USAGE, f"retromem: error: {command + ': ' if command else ''}{message} (see {self.prog} "
@@ -34,7 +38,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default is None or action.required or isinstance(action.default, bool) or "default" in text
+        if (action.default in (None, "") or action.required or isinstance(action.default, bool) or "default" in text
                 or action.default == argparse.SUPPRESS):
             return text
         return super()._get_help_string(action)
@@ -47,11 +51,11 @@ def add_command(sub, name: str, run, **kwargs) -> argparse.ArgumentParser:
     return parser
 
 
-def add_encoder_options(parser: argparse.ArgumentParser, **defaults) -> None:
+def add_encoder_options(parser: argparse.ArgumentParser, exclude=(), title: str = "encoder", **defaults) -> None:
     """The ``encoder`` option group (:class:`retromem.index.encoder.EncoderConfig`)."""
     from retromem.index.encoder import EncoderConfig
 
-    add_options(parser.add_argument_group("encoder"), EncoderConfig, defaults=defaults)
+    add_options(parser.add_argument_group(title), EncoderConfig, exclude=exclude, defaults=defaults)
 
 
 def encoder_config(args: argparse.Namespace):
@@ -60,11 +64,11 @@ def encoder_config(args: argparse.Namespace):
     return config_from_args(EncoderConfig, args)
 
 
-def add_index_options(parser: argparse.ArgumentParser, only=None) -> None:
+def add_index_options(parser: argparse.ArgumentParser, only=None, exclude=()) -> None:
     """The ``index`` option group (:class:`retromem.index.faiss_index.IndexConfig`)."""
     from retromem.index.faiss_index import IndexConfig
 
-    add_options(parser.add_argument_group("index"), IndexConfig, only=only)
+    add_options(parser.add_argument_group("index"), IndexConfig, only=only, exclude=exclude)
 
 
 def index_config(args: argparse.Namespace):

@@ -48,6 +48,8 @@ def run(args) -> int:
     start = time.perf_counter()
     if args.output_dir is not None:
         check_output_folder(args.output_dir)
+    if args.workdir is not None and not args.run:
+        check_output_folder(args.workdir, "--workdir")
     if args.run:
         _refuse_unused_options(args)
         values = values_from_args(BeirEvalConfig, args, exclude=_PIPELINE_ONLY)

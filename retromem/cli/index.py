@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
                                 "another index is refused.")
     b.add_argument("--embeddings", required=True, type=Path, help="embeddings folder (from `retromem encode`)")
     b.add_argument("--output", required=True, type=Path, help="index folder to write")
-    add_index_options(b)
+    add_index_options(b, exclude=("search_params",))  # a search setting: `search` and `eval beir` take it
 
 
 def run(args) -> int:

@@ -13,7 +13,7 @@ from retromem.cli.common import (
     encoder_config,
     looks_like_a_file,
 )
-from retromem.cli.options import add_options, values_from_args
+from retromem.cli.options import add_options, field_defaults, values_from_args
 from retromem.eval.beir_pipeline import BeirEvalConfig
 
 
@@ -25,11 +25,12 @@ def add_parser(sub) -> None:
     p.add_argument("--index", required=True, type=Path, help="index folder (from `retromem index build`)")
     p.add_argument("--queries", required=True,
                    help="a BEIR data set name or folder (its --split queries), or a queries.jsonl file (_id, text)")
-    add_options(p, BeirEvalConfig, only=("split",))
+    p.add_argument("--split", default=field_defaults(BeirEvalConfig)["split"],
+                   help="the qrels split whose queries are searched, for a BEIR data set")
     p.add_argument("--output", required=True, type=Path, help="TREC run file to write (.gz compresses)")
     add_options(p, BeirEvalConfig, only=("top_k",))
     add_index_options(p, only=("search_params", "gpu"))
-    add_encoder_options(p, model=None)
+    add_encoder_options(p, exclude=("passage_prefix",), title="encoder (unset: as the index recorded)", model=None)
 
 
 def run(args) -> int:

@@ -10,11 +10,13 @@ changed since are encoded again::
     <workdir>/<dataset>-<where>/<model>-<key>/runs/<run>.trec
     <workdir>/<dataset>-<where>/<model>-<key>/results/<run>/               results.json, per_query.json, ...
 
-``<run>`` names the split and everything of the search that changes the results (:func:`run_key`).
+``<run>`` names the split and everything of the search that changes the results, the query prefix
+included (:func:`run_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -66,8 +68,8 @@ class BeirEvalConfig:
                                         "the query id (BEIR removes them by default)")
     workdir: Path | None = option(None, help="cache of embeddings/indexes/runs (default: $RETROMEM_CACHE/work or "
                                   "~/.cache/retromem/work)")
-    output_dir: Path | None = option(None, flag="--output", help="results folder (default: <workdir>/results/<run>, "
-                                     "named like the run file; or beside --run)")
+    output_dir: Path | None = option(None, flag="--output", help="results folder (default: <workdir>/<dataset>-<where>/"
+                                     "<model>-<key>/results/<run>, named like the run file; with --run, beside it)")
     chunk_size: int = option(DEFAULT_CHUNK_SIZE, min=1, help="passages per encoding chunk: the unit of resuming and "
                              "of work shared between processes")
     show_progress: bool = False
@@ -134,7 +136,9 @@ def evaluate_dense_beir(config: BeirEvalConfig) -> BeirEvalResult | None:
     # one more than asked, so that dropping a query's own id (BEIR's convention) still leaves top_k
     k = config.top_k + 1 if config.ignore_identical_ids else config.top_k
     run = DenseSearcher(encoder, index).search(dataset.queries, k=k)
-    run_name = slug(run_key(config))
+    if config.ignore_identical_ids:
+        run = _top_k_besides_own_id(run, config.top_k)
+    run_name = slug(run_key(config, query_prefix=encoder.query_prefix))
     run_path = work / "runs" / f"{run_name}.trec"
     write_trec_run(run, run_path, tag=f"retromem-{slug(str(config.encoder.model))}")
     timings["search"] = time.perf_counter() - clock
@@ -168,13 +172,16 @@ def evaluate_run_beir(dataset_name: str, run_file: str | Path, split: str = "tes
                           timings=timings, reused=[], report=dataset.report, metadata=metadata)
 
 
-def run_key(config: BeirEvalConfig) -> str:
-    """What names a run and its results: the split and everything of the search that changes them."""
+def run_key(config: BeirEvalConfig, query_prefix: str = "") -> str:
+    """What names a run and its results: the split and everything of the search that changes them (what
+    changes the passage vectors names the work directory above them), the query prefix by a short hash."""
     name = f"{config.split}-{config.index.factory}-{config.index.metric}-top{config.top_k}"
     if config.index.search_params:
         name += f"-{config.index.search_params}"
     if not config.ignore_identical_ids:
         name += "-identical-ids"
+    if query_prefix:
+        name += f"-query{hashlib.sha256(query_prefix.encode()).hexdigest()[:8]}"
     return name
 
 
@@ -197,6 +204,22 @@ def check_plot_metric(metric: str | None, k_values: tuple[int, ...]) -> None:
     raise ConfigError(f"plot_metric (--plot) {metric!r} is not computed: give FAMILY@K with FAMILY one of "
                       f"{', '.join(METRIC_FAMILIES)} and K one of --k-values ({','.join(map(str, k_values))}), "
                       f"e.g. NDCG@{k_values[-1] if 10 not in k_values else 10}, or 'none'")
+
+
+def _top_k_besides_own_id(run: dict[str, dict[str, float]], top_k: int) -> dict[str, dict[str, float]]:
+    """Each ranking (best first) cut to ``top_k`` documents other than the query's own id, which stays where it
+    was found (scoring removes it and counts it): ``top_k + 1`` were searched so that this leaves ``top_k``."""
+    cut = {}
+    for qid, ranking in run.items():
+        kept, others = {}, 0
+        for doc, score in ranking.items():
+            if doc != qid:
+                if others == top_k:
+                    break
+                others += 1
+            kept[doc] = score
+        cut[qid] = kept
+    return cut
 
 
 def _score(dataset: BeirDataset, run, config: BeirEvalConfig, output_dir: Path, metadata: dict,

@@ -21,6 +21,7 @@ own chunks and rank 0 merges them once all ranks are done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import shutil
@@ -38,13 +39,14 @@ from retromem.artifacts import (
     CorpusRef,
     EncoderInfo,
     corpus_ref,
+    file_stamp,
     require_compatible,
 )
 from retromem.data.passage import Passage
 from retromem.device import has_accelerator
 from retromem.errors import ConfigError, DataError, MismatchError, MissingDataError, RetromemError
 from retromem.index.encoder import Encoder
-from retromem.io import atomic_path, read_json, write_json_atomic, write_text_atomic
+from retromem.io import atomic_path, read_ids, read_json, refuse_a_file, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class EmbeddingSet:
         meta = read_json(path / "meta.json")
         artifact = ArtifactMeta.from_json(meta, KIND, where=path / "meta.json")
         vectors = _load_vectors(path / "embeddings.npy", mmap)
-        ids = (path / "ids.txt").read_text(encoding="utf-8").splitlines()
+        ids = read_ids(path / "ids.txt", fix="delete the folder and encode again")
         count = artifact.details.get("count")
         if len(ids) != vectors.shape[0] or vectors.shape[0] != count:
             raise MismatchError(f"{path}: {len(ids)} ids, {vectors.shape[0]} vectors, meta says {count}; "
@@ -131,9 +133,11 @@ def encode_corpus(passages: PassageSource, encoder: Encoder, out_dir: str | Path
                 shutil.rmtree(out_dir)
             barrier()
     chunks_dir = out_dir / "chunks"
-    progress = {**encoder_meta, "chunk_size": chunk_size}
+    # the batch size too: texts padded in other batches give vectors that differ in the last bits (bf16)
+    progress = {**encoder_meta, "chunk_size": chunk_size, "batch_size": encoder.config.batch_size}
+    stamp = file_stamp(corpus_path) if corpus_path is not None else None
     if rank == 0:
-        _refuse_a_file(out_dir)
+        refuse_a_file(out_dir, "--output", "a folder for the embeddings")
         chunks_dir.mkdir(parents=True, exist_ok=True)
         if (out_dir / "encoder.json").exists():
             _check_same_progress(read_json(out_dir / "encoder.json"), progress, out_dir)
@@ -184,8 +188,10 @@ def encode_corpus(passages: PassageSource, encoder: Encoder, out_dir: str | Path
     if rank != 0:
         barrier()
         return None
-    result = merge_chunks(out_dir, n_chunks, encoder_meta, corpus=digest.ref(corpus_name, corpus_path),
-                          keep_chunks=keep_chunks)
+    corpus = digest.ref(corpus_name)
+    if stamp is not None and file_stamp(corpus_path) == stamp:  # a file edited while it was read gets no stamp
+        corpus = dataclasses.replace(corpus, file=stamp)
+    result = merge_chunks(out_dir, n_chunks, encoder_meta, corpus=corpus, keep_chunks=keep_chunks)
     barrier()
     return result
 
@@ -247,15 +253,17 @@ def _fresh(passages: PassageSource) -> Iterable[Passage]:
 
 
 def _check_same_progress(found: dict, expected: dict, where: Path) -> None:
-    """An unfinished encode resumes only with the same encoder and chunk size."""
-    if "chunk_size" in found and found["chunk_size"] != expected["chunk_size"]:
-        raise MismatchError(f"{where} holds an unfinished encode with --chunk-size {found['chunk_size']}, and this "
-                            f"run asks for {expected['chunk_size']}: rerun with --chunk-size {found['chunk_size']} to "
-                            "resume it, or delete the folder to start over")
+    """An unfinished encode resumes only with the same encoder, chunk size and batch size."""
     diffs = EncoderInfo.from_dict(found).differences(expected, PASSAGE_VECTOR_FIELDS)
     if diffs:
         raise MismatchError(f"{where} was made by a different encoder ({'; '.join(diffs)}); "
                             "use another output folder or delete this one")
+    for key in ("chunk_size", "batch_size"):
+        option = "--" + key.replace("_", "-")
+        if key in found and found[key] != expected[key]:
+            raise MismatchError(f"{where} holds an unfinished encode with {option} {found[key]}, and this run asks "
+                                f"for {expected[key]}: rerun with {option} {found[key]} to resume it, or delete the "
+                                "folder to start over")
 
 
 def _check_same_ids(passages: Iterable[Passage], ids: list[str], where: Path) -> None:
@@ -269,11 +277,6 @@ def _check_same_ids(passages: Iterable[Passage], ids: list[str], where: Path) ->
     if count != len(ids):
         raise MismatchError(f"{where} holds embeddings of another corpus: {len(ids)} ids in ids.txt, {count} passages "
                             f"in the corpus; delete {where} or choose another folder")
-
-
-def _refuse_a_file(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--output {out_dir} is a file, not a folder: give a folder for the embeddings")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from retromem.artifacts import PASSAGE_VECTOR_FIELDS, QUERY_FIELDS, ArtifactMeta, require_compatible
 from retromem.errors import ConfigError, DataError, MismatchError, MissingDataError, RetromemError
 from retromem.index.embeddings import EmbeddingSet
-from retromem.io import atomic_path, read_json
+from retromem.io import atomic_path, read_ids, read_json, refuse_a_file
 from retromem.options import check_options, option
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,14 @@ def build_index(embeddings: EmbeddingSet | str | Path, out_dir: str | Path, conf
     emb = embeddings if isinstance(embeddings, EmbeddingSet) else EmbeddingSet.load(embeddings)
     if not emb.ids:
         raise MissingDataError(f"{emb.path} holds no vectors: encode a corpus with passages in it first")
-    _refuse_a_file(Path(out_dir))
+    refuse_a_file(Path(out_dir), "--output", "a folder for the index")
     metric = faiss.METRIC_INNER_PRODUCT if config.metric == "ip" else faiss.METRIC_L2
     try:
         index = faiss.index_factory(emb.dim, config.factory, metric)
     except RuntimeError as err:
         raise ConfigError(f"FAISS cannot build {config.factory!r} (--factory): {_faiss_reason(err)}") from err
     work = to_gpu(index, config) if use_gpu(config) else index
+    trained = not index.is_trained  # whether building trains it (IVF, PQ) on a sample
     if not index.is_trained:
         rng = np.random.default_rng(config.seed)
         n_train = min(config.train_size, len(emb.ids))
@@ -86,8 +87,8 @@ def build_index(embeddings: EmbeddingSet | str | Path, out_dir: str | Path, conf
     if work is not index:
         index = faiss.index_gpu_to_cpu(work)
     artifact = ArtifactMeta(kind=KIND, encoder=emb.artifact.encoder, corpus=emb.artifact.corpus,
-                            details={**emb.artifact.details, **_build_settings(config), "ntotal": int(index.ntotal),
-                                     "embeddings": str(emb.path)})
+                            details={**emb.artifact.details, **_build_settings(config), "trained": trained,
+                                     "ntotal": int(index.ntotal), "embeddings": str(emb.path)})
     save_index(index, emb.ids, artifact, out_dir)
     return DenseIndex(index=index, ids=emb.ids, meta=artifact.to_json(), config=config, path=Path(out_dir))
 
@@ -128,13 +129,16 @@ def index_differs(index_dir: Path, embeddings: EmbeddingSet, config: IndexConfig
         return f"of another encoder's embeddings ({'; '.join(diffs)})"
     then, now = found.corpus, made_by.corpus
     then_digest, now_digest = (then.digest if then else None), (now.digest if now else None)
-    if then_digest is None or now_digest is None:
+    same_folder = found.details.get("embeddings") == str(embeddings.path)
+    if (then_digest is None or now_digest is None) and not (then_digest == now_digest and same_folder):
         return "whose corpus is not recorded (written by an older retromem)"
     if then_digest != now_digest:
         return f"of other embeddings (corpus digest {then_digest[:12]}, not {now_digest[:12]})"
     if found.details.get("ntotal") != len(embeddings.ids):
         return f"of other embeddings ({found.details.get('ntotal')} vectors, not {len(embeddings.ids)})"
     wanted = _build_settings(config)
+    if not found.details.get("trained", True):  # the training sample's settings matter only to a trained index
+        wanted = {k: v for k, v in wanted.items() if k not in ("train_size", "seed")}
     diffs = [f"{k}: {found.details.get(k)!r}, not {v!r}" for k, v in wanted.items()
              if found.details.get(k, v if k in ("train_size", "seed") else None) != v]
     return f"built with other settings ({'; '.join(diffs)})" if diffs else None
@@ -183,7 +187,7 @@ class DenseIndex:
         except RuntimeError as err:
             raise DataError(f"FAISS cannot read the index ({_faiss_reason(err)})", path / "index.faiss",
                             fix="the file is damaged or truncated: rebuild it with `retromem index build`") from err
-        ids = (path / "ids.txt").read_text(encoding="utf-8").splitlines()
+        ids = read_ids(path / "ids.txt", fix="rebuild the index with `retromem index build`")
         if len(ids) != index.ntotal:
             raise MismatchError(f"{path}: ids.txt has {len(ids)} ids but the index holds {index.ntotal} vectors; "
                                 "rebuild the index")
@@ -261,11 +265,6 @@ def import_faiss():
 def _build_settings(config: IndexConfig) -> dict:
     """What of ``config`` shapes the built index (recorded in index.json, compared on reuse)."""
     return {"factory": config.factory, "metric": config.metric, "train_size": config.train_size, "seed": config.seed}
-
-
-def _refuse_a_file(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--output {out_dir} is a file, not a folder: give a folder for the index")
 
 
 def _check_enough_to_train(faiss, index, factory: str, n_train: int, n_vectors: int) -> None:
