@@ -22,6 +22,23 @@ HUGE = 10**12
 pytestmark = pytest.mark.usefixtures("isolated_env", "restore_logging")
 
 
+@pytest.fixture()
+def interrupt_second_chunk(monkeypatch):
+    """The second chunk an encode encodes is interrupted (as by Ctrl-C)."""
+    from retromem.index.encoder import Encoder
+
+    calls = {"n": 0}
+    original = Encoder.encode_passages
+
+    def fail_second(self, passages, show_progress=False):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, passages, show_progress)
+
+    monkeypatch.setattr(Encoder, "encode_passages", fail_second)
+
+
 def one_line_error(capsys, code: int, *fragments: str) -> str:
     """Exit 2, no traceback, exactly one ``retromem: error:`` line holding every fragment."""
     err = capsys.readouterr().err
@@ -235,20 +252,8 @@ def test_output_that_cannot_be_written(command, where, built, tiny_beir, tiny_mo
 
 # ---------------------------------------------------------------- 8-12: resume messages, collisions, ignored input
 
-def test_a_changed_chunk_size_on_resume_says_so(tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from retromem.index.encoder import Encoder
-
+def test_a_changed_chunk_size_on_resume_says_so(tiny_beir, tiny_model_dir, tmp_path, capsys, interrupt_second_chunk):
     out = tmp_path / "emb"
-    calls = {"n": 0}
-    original = Encoder.encode_passages
-
-    def fail_second(self, passages, show_progress=False):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, passages, show_progress)
-
-    monkeypatch.setattr(Encoder, "encode_passages", fail_second)
     args = ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(out), *TINY]
     assert main([*args, "--chunk-size", "8"]) == 130
     capsys.readouterr()
@@ -474,19 +479,7 @@ def test_abbreviated_options_are_not_taken(tiny_beir, tmp_path, capsys):
     assert exit_info.value.code == 2 and "unrecognized arguments: --fact" in capsys.readouterr().err
 
 
-def test_a_changed_batch_size_on_resume_says_so(tiny_beir, tiny_model_dir, tmp_path, capsys, monkeypatch):
-    from retromem.index.encoder import Encoder
-
-    calls = {"n": 0}
-    original = Encoder.encode_passages
-
-    def fail_second(self, passages, show_progress=False):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, passages, show_progress)
-
-    monkeypatch.setattr(Encoder, "encode_passages", fail_second)
+def test_a_changed_batch_size_on_resume_says_so(tiny_beir, tiny_model_dir, tmp_path, capsys, interrupt_second_chunk):
     args = ["encode", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(tmp_path / "emb"),
             "--chunk-size", "8", *TINY]
     assert main([*args, "--batch-size", "4"]) == 130
