@@ -111,10 +111,7 @@ def build_or_reuse_index(embeddings: EmbeddingSet, out_dir: str | Path, config: 
             raise MismatchError(f"{out_dir} already holds an index {reason}: choose another --output, or delete it "
                                 "to build this one there")
         log.warning("%s holds an index %s: rebuilding it", out_dir, reason)
-    index = build_index(embeddings, out_dir, config, show_progress=show_progress)
-    if config.search_params:
-        index = DenseIndex.load(out_dir, config=config)
-    return index, False
+    return build_index(embeddings, out_dir, config, show_progress=show_progress), False  # search_params applied
 
 
 def index_differs(index_dir: Path, embeddings: EmbeddingSet, config: IndexConfig) -> str | None:
