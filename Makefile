@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[$(FAISS),dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(FAISS),bm25,dev]"
 	touch $(STAMP)
 
 # 1. zero-shot MiniLM on BEIR SciFact; 2. a short RetroMAE pretraining from MiniLM on the SciFact
