@@ -1,0 +1,185 @@
+"""The reader's model: the encoder split at N - k, k = N as the plain encoder, the heads, saving and refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retromem.errors import ConfigError, MismatchError
+from retromem.read.batch import ReadItem, ReadPassage, collate, text_passage
+from retromem.read.checkpoint import load_reader, memory_info, require_memory, save_reader
+from retromem.read.model import MemoryReader
+from retromem.read.reader_config import ReaderSpec
+from retromem.read.span import best_spans, find_answer_span, span_text
+
+LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory, tokenizer):
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-reader-encoder")
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=64, num_hidden_layers=LAYERS, num_attention_heads=2, intermediate_size=128,
+                        vocab_size=len(tokenizer), max_position_embeddings=256, attn_implementation="eager")
+    BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_reader(folder, k, head="classification", **spec):
+    spec = ReaderSpec(encoder=str(folder), num_layers=LAYERS, live_layers=k, head=head,
+                      labels=["SUPPORTS", "REFUTES"] if head == "classification" else [], **spec)
+    torch.manual_seed(1)
+    return MemoryReader.from_encoder(spec, str(folder)).eval()
+
+
+def memory_passages(reader, texts, ids=None):
+    """Passages with their memory: the reader's own lower layers over each text alone (what a store holds)."""
+    out = []
+    for i, text in enumerate(texts):
+        p = text_passage(ids[i] if ids else f"p{i}", text, reader.tokenizer, 128)
+        ids_t = torch.tensor(p.token_ids, dtype=torch.long)[None]
+        with torch.no_grad():
+            states = reader.lower_states(ids_t, torch.ones_like(ids_t))[0].numpy()
+        out.append(ReadPassage(p.passage_id, p.token_ids, p.spans, states, text))
+    return out
+
+
+def test_the_split_at_n_minus_k_matches_the_plain_encoders_hidden_states(tiny_encoder_dir):
+    from transformers import AutoModel
+
+    plain = AutoModel.from_pretrained(tiny_encoder_dir).eval()
+    for k in (0, 1, 2, LAYERS):
+        reader = make_reader(tiny_encoder_dir, k)
+        enc = reader.tokenizer(["a protein binds the receptor", "short"], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            expected = plain(**enc, output_hidden_states=True).hidden_states
+            lower = reader.lower_states(enc["input_ids"], enc["attention_mask"])
+            top = reader.run_layers(lower, enc["attention_mask"], LAYERS - k, LAYERS)
+        mask = enc["attention_mask"].bool()
+        torch.testing.assert_close(lower[mask], expected[LAYERS - k][mask], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(top[mask], expected[LAYERS][mask], atol=1e-5, rtol=1e-5)
+
+
+def test_k_equal_n_is_the_plain_encoder_plus_the_head(tiny_encoder_dir):
+    from transformers import AutoModel
+
+    reader = make_reader(tiny_encoder_dir, LAYERS)
+    plain = AutoModel.from_pretrained(tiny_encoder_dir, add_pooling_layer=False).eval()
+    passages = [text_passage(f"p{i}", t, reader.tokenizer, 64) for i, t in
+                enumerate(["the gene codes a kinase", "insulin lowers blood glucose in patients"])]
+    item = ReadItem("q", "does insulin lower glucose?", tuple(passages))
+    batch = collate(reader.spec, reader.tokenizer, [item])
+    with torch.no_grad():
+        logits = reader(**batch)["logits"]
+        pair = reader.tokenizer(["does insulin lower glucose?"] * 2, [p.text for p in passages], padding=True,
+                                return_tensors="pt")
+        assert torch.equal(pair["input_ids"], batch["pair_ids"][0])
+        hidden = plain(**pair).last_hidden_state.unsqueeze(0)
+        expected = reader.head(hidden, pair["attention_mask"][None], batch)["logits"]
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_reader_reads_memory_and_saves_and_loads_with_the_same_logits(tiny_encoder_dir, tmp_path):
+    reader = make_reader(tiny_encoder_dir, 2)
+    info = memory_info({"fingerprint": "abc", "max_length": 128, "passage_prefix": "", "dim": 64}, 2,
+                       {"name": "fp16"})
+    reader.spec.memory = info
+    item = ReadItem("q", "what binds?", tuple(memory_passages(reader, ["a protein binds", "the virus"])))
+    batch = collate(reader.spec, reader.tokenizer, [item])
+    with torch.no_grad():
+        logits = reader(**batch)["logits"]
+    save_reader(reader, tmp_path / "reader")
+    loaded = load_reader(tmp_path / "reader")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch)["logits"], logits)
+    assert loaded.spec.memory == info
+
+
+def test_a_reader_refuses_a_memory_of_another_encoder_layer_or_codec(tiny_encoder_dir):
+    spec = ReaderSpec(encoder="x", num_layers=6, live_layers=2, head="span")
+    encoder = {"fingerprint": "abc", "max_length": 128, "passage_prefix": "", "dim": 64}
+    spec.memory = memory_info(encoder, 4, {"name": "binary"})
+    require_memory(spec, encoder, 4, {"name": "binary"}, "m")
+    with pytest.raises(MismatchError, match="another encoder.*fingerprint"):
+        require_memory(spec, {**encoder, "fingerprint": "zzz"}, 4, {"name": "binary"}, "m")
+    with pytest.raises(MismatchError, match="holds layer 3.*reads layer 4"):
+        require_memory(spec, encoder, 3, {"name": "binary"}, "m")
+    with pytest.raises(MismatchError, match="codec"):
+        require_memory(spec, encoder, 4, {"name": "pq", "subvectors": 24}, "m")
+    with pytest.raises(ConfigError, match="--k 7.*6 layers"):
+        ReaderSpec(encoder="x", num_layers=6, live_layers=7, head="span")
+
+
+def test_the_span_head_maps_answers_back_through_merged_tokens(tokenizer):
+    text = "The Denver Broncos won Super Bowl 50 in February."
+    ids = tokenizer(text)["input_ids"]
+    n = len(ids)
+    # [CLS], "the", then original tokens merged pairwise: each kept vector stands for two tokens
+    spans = [[0, 1], [1, 2]] + [[i, min(i + 2, n)] for i in range(2, n, 2)]
+    kept = [ids[s] for s, _ in spans]
+    passage = ReadPassage("p", np.asarray(kept, dtype=np.int32), np.asarray(spans, dtype=np.int32),
+                          np.zeros((len(spans), 4), np.float32), text)
+    first, last = find_answer_span(passage, ["Denver Broncos"], tokenizer)
+    assert (first, last) == (2, 2)  # one merged vector stands for "denver broncos"
+    assert span_text(passage, first, last, tokenizer) == "Denver Broncos"
+    first, last = find_answer_span(passage, ["super bowl"], tokenizer)  # case-insensitive; "won super" is merged
+    assert span_text(passage, first, last, tokenizer) == "won Super Bowl 50"
+    # without text the answer is decoded from the kept token ids
+    bare = ReadPassage("p", passage.token_ids, passage.spans, passage.vectors, None)
+    assert span_text(bare, 1, 1, tokenizer) == tokenizer.decode([kept[1]])
+    start, end = torch.full((1, 2, 6), -1e9), torch.full((1, 2, 6), -1e9)
+    start[0, 1, 2], end[0, 1, 4], end[0, 0, 5], start[0, 1, 5] = 5, 4, 9, 1  # a longer or reversed span is no answer
+    assert best_spans(start, end, max_tokens=3)[0][:3] == (1, 2, 4)
+    assert best_spans(start, end, max_tokens=2)[0][:3] != (1, 2, 4)
+
+
+def test_the_span_head_learns_where_an_answer_is(tiny_encoder_dir):
+    reader = make_reader(tiny_encoder_dir, 1, head="span")
+    texts = ["the broncos beat the panthers in the game", "insulin is made in the pancreas by cells"]
+    passages = memory_passages(reader, texts)
+    items = []
+    for question, answer, j in (("who beat the panthers?", "broncos", 0), ("where is insulin made?", "pancreas", 1)):
+        first, last = find_answer_span(passages[j], [answer], reader.tokenizer)
+        items.append(ReadItem(question, question, tuple(passages), span=(j, first, last)))
+    batch = collate(reader.spec, reader.tokenizer, items)
+    reader.train()
+    optimizer = torch.optim.Adam([p for p in reader.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(60):
+        loss = reader(**batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    reader.eval()
+    with torch.no_grad():
+        out = reader(**batch)
+    found = best_spans(out["start_logits"], out["end_logits"], 10)
+    answers = []
+    for i, (j, first, last, _) in enumerate(found):
+        index = batch["token_index"][i, j]
+        answers.append(span_text(passages[j], int(index[first]), int(index[last]), reader.tokenizer))
+    assert answers == ["broncos", "pancreas"]
+
+
+def test_the_generative_head_overfits_a_handful_of_qa_pairs(tiny_encoder_dir):
+    reader = make_reader(tiny_encoder_dir, 1, head="generative", decoder_layers=1, max_answer_length=8)
+    pairs = [("who won super bowl 50?", "denver broncos"), ("what lowers glucose?", "insulin"),
+             ("where is the heart?", "the chest"), ("what does a kinase add?", "phosphate")]
+    passages = memory_passages(reader, ["denver broncos won super bowl 50", "insulin lowers blood glucose",
+                                        "the heart is in the chest", "a kinase adds phosphate groups"])
+    items = [ReadItem(str(i), q, (passages[i], passages[(i + 1) % 4]), answer=a) for i, (q, a) in enumerate(pairs)]
+    batch = collate(reader.spec, reader.tokenizer, items)
+    reader.train()
+    optimizer = torch.optim.Adam([p for p in reader.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(120):
+        loss = reader(**batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    reader.eval()
+    inputs = {k: v for k, v in batch.items() if not k.startswith("answer")}
+    answers = reader.head.decode(reader.generate(inputs))
+    assert answers == [a for _, a in pairs], float(loss)
