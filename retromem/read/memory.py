@@ -1,0 +1,110 @@
+"""Where the reader's passages come from: a token-memory store (decoded from its codec), or the passage text
+for a full re-encoding reader (k = N) -- :class:`PassageReader` gives :class:`ReadPassage`\\ s by id either way.
+
+:class:`LiveMemory` computes a memory in memory (the encoder's states at a layer, through a codec's encode
+and decode): what a store would hold, for tests and for small runs without a store folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retromem.data.passage import Passage
+from retromem.errors import DataError
+from retromem.read.batch import ReadPassage, text_passage
+from retromem.read.reader_config import ReaderSpec
+
+_NAMED = 5
+
+
+def memory_text(passage: Passage, prefix: str = "") -> str:
+    """The text a memory encoder tokenises for ``passage`` (as ``Encoder.encode_passages`` does)."""
+    return prefix + passage.full_text()
+
+
+class PassageReader:
+    """``read(ids)``: the passages ``ids`` as the reader reads them: memory tokens and decoded vectors from
+    ``memory`` (anything with ``ids()``, ``gather(ids)`` giving objects with ``vectors``, ``token_ids``,
+    ``spans``), or, for k = N, the passage text (``passages``) tokenised. ``passages`` also gives span answers
+    their text."""
+
+    def __init__(self, spec: ReaderSpec, tokenizer: Any, passages: Mapping[str, Passage], memory: Any = None,
+                 where: str | Path = "the memory", max_length: int = 256):
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.passages = passages
+        self.memory = memory
+        self.where = where
+        self.max_length = max_length
+        self._ids = set(memory.ids()) if memory is not None else None
+
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """The ``ids`` this reader cannot read (absent from the memory, or, for k = N, from the passages)."""
+        have = self._ids if not self.spec.full else self.passages
+        return sorted({i for i in ids if i not in have})
+
+    def require(self, ids: Iterable[str], what: str = "retrieved passages") -> None:
+        """Refuse (:class:`DataError`, naming them and their count) ``ids`` that cannot be read."""
+        missing = self.missing(ids)
+        if missing:
+            where = self.where if not self.spec.full else "the knowledge source's passages"
+            raise DataError(f"{len(missing)} {what} are not in {where} (e.g. {', '.join(missing[:_NAMED])})", None,
+                            fix="build the memory of these passages with `retromem read memory` over the same run, "
+                                "or search the corpus the memory was built from")
+
+    def read(self, ids: Sequence[str]) -> list[ReadPassage]:
+        if self.spec.full:
+            out = []
+            for i in ids:
+                passage = self.passages[i]
+                out.append(text_passage(i, memory_text(passage, self.spec.passage_prefix), self.tokenizer,
+                                        min(self.max_length, self.spec.max_passage_length), passage.page_id))
+            return out
+        memories = self.memory.gather(list(ids))
+        out = []
+        for i, mem in zip(ids, memories):
+            passage = self.passages.get(i)
+            n = min(len(mem.token_ids), self.spec.max_passage_length)
+            out.append(ReadPassage(i, np.asarray(mem.token_ids[:n]), np.asarray(mem.spans[:n]),
+                                   np.asarray(mem.vectors[:n], dtype=np.float32),
+                                   memory_text(passage, self.spec.passage_prefix) if passage is not None else None,
+                                   passage.page_id if passage is not None else None))
+        return out
+
+
+class _Memory:
+    def __init__(self, passage_id, vectors, token_ids, spans):
+        self.passage_id, self.vectors, self.token_ids, self.spans = passage_id, vectors, token_ids, spans
+
+
+class LiveMemory:
+    """A token memory held in RAM: ``encoder``'s states at ``layer`` over ``passages``, stored through ``codec``
+    (trained on them when it needs training) and decoded on ``gather``. ``info()``: (encoder, layer, codec)."""
+
+    def __init__(self, encoder: Any, passages: Sequence[Passage], layer: int, codec: Any):
+        from retromem.index.token_states import passage_layer_states
+
+        states = passage_layer_states(encoder, list(passages), layer)
+        if codec.needs_training and not codec.trained:
+            codec.train(np.concatenate(states.states))
+        self.codec = codec
+        self.layer = layer
+        self.encoder_meta = encoder.metadata()
+        self._codes = {}
+        for passage, vectors, ids in zip(passages, states.states, states.token_ids):
+            n = len(ids)
+            spans = np.stack([np.arange(n), np.arange(1, n + 1)], axis=1).astype(np.int32)
+            self._codes[passage.id] = (codec.encode(vectors), ids, spans)
+
+    def ids(self) -> list[str]:
+        return list(self._codes)
+
+    def gather(self, ids: Sequence[str]) -> list[_Memory]:
+        return [_Memory(i, self.codec.decode(self._codes[i][0]), self._codes[i][1], self._codes[i][2]) for i in ids]
+
+    def info(self) -> tuple[dict, int, dict]:
+        return self.encoder_meta, self.layer, self.codec.to_json()

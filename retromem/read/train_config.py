@@ -1,0 +1,83 @@
+"""The options of one reader training run (:class:`ReaderTrainConfig`), each declared beside its
+``retromem read train`` flag; the options every run has come from
+:class:`retromem.pretrain.run_settings.RunSettings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retromem.errors import ConfigError
+from retromem.model_paths import DEFAULT_MODEL
+from retromem.options import named, option
+from retromem.pretrain.run_settings import RunSettings
+from retromem.read.reader_config import HEADS
+
+HEAD_CHOICES = ("auto", *HEADS)
+
+
+@dataclass
+class ReadingOptions:
+    """What a reader reads for each question: the task, its retrieved passages and their memory."""
+
+    task: str | None = option(None, help="KILT task: scifact-train, squad-train... or a KILT-format .jsonl file")
+    run: str | None = option(None, help="TREC run file of the task's retrieved passages (ids <wikipedia_id>#<i>), e.g. "
+                      "from `retromem eval kilt --save-run`")
+    memory: str | None = option(None, help="token-memory folder holding those passages at the reader's layer "
+                                "(`retromem read memory`); not needed with --k equal to the encoder's layers "
+                                "(full re-encoding reads the text)")
+    corpus: str | None = option(None, help="the knowledge source (.jsonl) the passages come from (default: the "
+                                "task's)")
+    passages: int = option(5, min=1, help="retrieved passages read per question (the top of the run)")
+    passage_words: int = option(100, min=1, help="words per passage, as the run's passages were cut")
+    passage_stride: int | None = option(None, min=1, help="words between passage starts (default: --passage-words)")
+    limit: int | None = option(None, min=1, help="read only this many questions (a seeded random subsample)")
+
+
+def check_reading(options: ReadingOptions) -> None:
+    """Refuse reading options without a task or a run, or with a stride beyond the passage size."""
+    for name in ("task", "run"):
+        if not getattr(options, name):
+            raise ConfigError(f"give {named(options, name)}")
+    if options.passage_stride is not None and options.passage_stride > options.passage_words:
+        raise ConfigError(f"{named(options, 'passage_stride')} {options.passage_stride} is above --passage-words "
+                          f"{options.passage_words}: words would be skipped")
+
+
+@dataclass
+class ReaderTrainConfig(ReadingOptions, RunSettings):
+    """One reader training run (see :mod:`retromem.read.train`)."""
+
+    RUN_FILE = "retromem_reader_run.json"
+    KIND = "reader training"
+    RESUME_MUST_MATCH = (*RunSettings.RESUME_MUST_MATCH, "model", "live_layers", "head", "passages", "force_gold",
+                         "batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "limit",
+                         "decoder_layers", "decoder_model", "max_question_length", "max_passage_length")
+
+    output_dir: str = option("runs/reader", flag="--output", metavar="OUTPUT", help="run folder: checkpoints, final/")
+    model: str = option(DEFAULT_MODEL, help="the encoder whose layers the reader splits (the memory's encoder)")
+    live_layers: int = option(2, min=0, flag="--k", metavar="K", help="live layers: the top K of the encoder's N "
+                              "run over [question; memory] (the memory holds layer N - K); K = N re-encodes the "
+                              "passage text through every layer, K = 0 reads pure memory")
+    head: str = option("auto", choices=HEAD_CHOICES, help="classification (labels pooled over passages), span "
+                       "(extractive), generative (a decoder over all passages); auto: classification when the "
+                       "task's answers are few labels, else span")
+    force_gold: bool = option(True, flag="--no-force-gold", help="do not put a gold passage among a question's "
+                              "passages when retrieval missed it (by default the last retrieved one is replaced)")
+    decoder_layers: int = option(2, min=1, help="generative head: decoder layers (initialised from the encoder's "
+                                 "lowest, cross-attention fresh)")
+    decoder_model: str | None = option(None, help="generative head: a Hugging Face seq2seq model (T5, BART...) "
+                                       "whose decoder reads the passages instead of the BERT-initialised one")
+    max_question_length: int = option(64, min=4, help="question tokens")
+    max_passage_length: int = option(192, min=4, help="memory tokens read per passage")
+    max_answer_length: int = option(32, min=2, help="generative head: answer tokens")
+    batch_size: int = option(4, min=1, help="questions per step (each with --passages passages)")
+    learning_rate: float = option(5e-5, flag="--lr", metavar="LR", gt=0, help="learning rate of the live layers")
+    head_learning_rate: float = option(1e-3, flag="--head-lr", metavar="LR", gt=0, help="learning rate of the "
+                                       "fresh head")
+    warmup_ratio: float = option(0.1, min=0, help="share of the steps spent warming up (below 1)")
+
+    def validate(self) -> None:
+        check_reading(self)
+        self.check_run_options()
+        if self.warmup_ratio >= 1:
+            raise ConfigError(f"{named(self, 'warmup_ratio')} must be below 1, got {self.warmup_ratio}")
