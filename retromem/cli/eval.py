@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from retromem.cli import eval_bm25, eval_kilt
 from retromem.cli.common import (
     EXIT_USAGE,
     HelpFormatter,
@@ -24,7 +25,7 @@ _PIPELINE_ONLY = ("top_k", "workdir", "chunk_size")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate on BEIR", formatter_class=HelpFormatter)
+    p = sub.add_parser("eval", help="evaluate on BEIR or KILT", formatter_class=HelpFormatter)
     p.set_defaults(func=lambda args: p.print_help() or EXIT_USAGE)
     eval_sub = p.add_subparsers(title="eval commands", metavar="COMMAND")
     b = add_command(
@@ -39,6 +40,8 @@ def add_parser(sub) -> None:
     b.add_argument("--run", type=Path, help="score this TREC run file instead of running an encoder")
     add_encoder_options(b)
     add_index_options(b)
+    eval_bm25.add_arguments(b)
+    eval_kilt.add_parser(eval_sub)
 
 
 def run(args) -> int:
@@ -50,6 +53,8 @@ def run(args) -> int:
         check_output_folder(args.output_dir)
     if args.workdir is not None and not args.run:
         check_output_folder(args.workdir, "--workdir")
+    if args.method != "dense":
+        return eval_bm25.run(args, start)
     if args.run:
         _refuse_unused_options(args)
         values = values_from_args(BeirEvalConfig, args, exclude=_PIPELINE_ONLY)
