@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from retromem.cli import index_bm25
 from retromem.cli.common import (
     EXIT_USAGE,
     HelpFormatter,
@@ -16,7 +17,7 @@ from retromem.cli.common import (
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("index", help="build FAISS indexes", formatter_class=HelpFormatter)
+    p = sub.add_parser("index", help="build FAISS and BM25 indexes", formatter_class=HelpFormatter)
     p.set_defaults(func=lambda args: p.print_help() or EXIT_USAGE)
     index_sub = p.add_subparsers(title="index commands", metavar="COMMAND")
     b = add_command(index_sub, "build", run, help="build a FAISS index from stored embeddings",
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     b.add_argument("--embeddings", required=True, type=Path, help="embeddings folder (from `retromem encode`)")
     b.add_argument("--output", required=True, type=Path, help="index folder to write")
     add_index_options(b, exclude=("search_params",))  # a search setting: `search` and `eval beir` take it
+    index_bm25.add_parser(index_sub)
 
 
 def run(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from retromem.cli import search_bm25
 from retromem.cli.common import (
     add_command,
     add_encoder_options,
@@ -22,7 +23,8 @@ def add_parser(sub) -> None:
                     description="Encode queries with the encoder that built the index (a different one is refused) "
                                 "and write the top-k of each as a TREC run file. Encoder options left unset take "
                                 "the values the index recorded.")
-    p.add_argument("--index", required=True, type=Path, help="index folder (from `retromem index build`)")
+    p.add_argument("--index", required=True, type=Path, help="index folder (from `retromem index build`; with "
+                   "--method bm25, from `retromem index bm25`)")
     p.add_argument("--queries", required=True,
                    help="a BEIR data set name or folder (its --split queries), or a queries.jsonl file (_id, text)")
     p.add_argument("--split", default=field_defaults(BeirEvalConfig)["split"],
@@ -31,6 +33,7 @@ def add_parser(sub) -> None:
     add_options(p, BeirEvalConfig, only=("top_k",))
     add_index_options(p, only=("search_params", "gpu"))
     add_encoder_options(p, exclude=("passage_prefix",), title="encoder (unset: as the index recorded)", model=None)
+    search_bm25.add_arguments(p)
 
 
 def run(args) -> int:
@@ -47,6 +50,8 @@ def run(args) -> int:
         queries = load_queries(args.queries)
     else:
         queries = load_beir(args.queries, split=args.split).queries
+    if args.method != "dense":
+        return search_bm25.run(args, queries)
     index = DenseIndex.load(args.index, search_params=args.search_params, gpu=args.gpu)
     args = _defaults_from_index(args, index.artifact.encoder)
     if args.model is None:

@@ -21,6 +21,8 @@ be retrieved); the metadata says how many. An empty corpus is refused.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -33,10 +35,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from retromem.artifacts import ArtifactMeta, CorpusDigest, CorpusRef, file_stamp, require_compatible
+from retromem.data.beir import default_cache_dir
 from retromem.data.passage import Passage
 from retromem.errors import DataError, MismatchError, MissingDataError
 from retromem.io import read_json, refuse_a_file, usual_modes
 from retromem.options import check_options, option
+from retromem.workdir import dataset_key
 
 log = logging.getLogger(__name__)
 
@@ -147,22 +151,27 @@ def build_or_reuse_bm25_index(passages: Callable[[], Iterable[Passage]], output:
                             total=total, show_progress=show_progress), False
 
 
+def bm25_work_directory(root: Path | str | None, dataset: str | Path, index_config: BM25IndexConfig) -> Path:
+    """``<root>/<dataset>-<where>/bm25-<layout>-<key>`` (``key`` hashes the analyzer)."""
+    root = Path(root) if root else default_cache_dir() / "work"
+    key = hashlib.sha256(json.dumps(index_config.analyzer(), sort_keys=True).encode()).hexdigest()[:10]
+    return root / dataset_key(dataset) / f"bm25-{index_config.layout}-{key}"
+
+
 def write_json_collection(passages: Iterable[Passage], folder: Path, config: BM25IndexConfig,
                           total: int | None = None, show_progress: bool = False) -> CorpusDigest:
     """Write ``passages`` as Anserini ``JsonCollection`` files (``docs-<i>.jsonl``, one per thread, passages dealt
     round-robin); return the digest of what was written."""
     folder.mkdir(parents=True)
     digest = CorpusDigest()
-    handles = [open(folder / f"docs-{i:02d}.jsonl", "w", encoding="utf-8") for i in range(config.threads)]
-    try:
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(folder / f"docs-{i:02d}.jsonl", "w", encoding="utf-8"))
+                   for i in range(config.threads)]
         bar = tqdm(passages, total=total, desc="BM25 collection", unit="passage", disable=not show_progress)
         for i, passage in enumerate(bar):
             digest.update(passage)
             handles[i % len(handles)].write(json.dumps(lucene_document(passage, config.layout),
                                                        ensure_ascii=False) + "\n")
-    finally:
-        for handle in handles:
-            handle.close()
     return digest
 
 
@@ -253,7 +262,7 @@ def _index_collection(collection: Path, index_dir: Path, config: BM25IndexConfig
         args += ["-fields", "title"]
     if config.keep_stopwords:
         args.append("-keepStopwords")
-    if not show_progress:
+    if not log.isEnabledFor(logging.INFO):  # Anserini's own progress log only with -v; tqdm shows the collection
         args.append("-quiet")
     JArgs = autoclass("io.anserini.index.IndexCollection$Args")
     parsed = JArgs()

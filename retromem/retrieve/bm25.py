@@ -37,7 +37,7 @@ class BM25Config:
 
     k1: float = option(0.9, min=0.0, help="BM25 term-frequency saturation (pyserini's BEIR default 0.9)")
     b: float = option(0.4, min=0.0, max=1.0, help="BM25 length normalisation (pyserini's BEIR default 0.4)")
-    threads: int = option(min(4, os.cpu_count() or 1), min=1, flag="--search-threads",
+    search_threads: int = option(min(4, os.cpu_count() or 1), min=1,
                           help="search threads (Anserini's batch_search)")
     query_batch: int = option(1000, min=1, cli=False, help="queries per batch_search call (the unit of progress)")
     jvm_heap: str | None = option(None, help="JVM heap, e.g. 6g (default: $RETROMEM_JVM_HEAP, else 6g)")
@@ -80,7 +80,7 @@ class BM25Searcher:
             for start in range(0, len(qids), batch):
                 chunk = qids[start:start + batch]
                 texts = [_query_text(queries[q]) for q in chunk]
-                hits = self.lucene.batch_search(texts, chunk, k=int(k), threads=self.config.threads,
+                hits = self.lucene.batch_search(texts, chunk, k=int(k), threads=self.config.search_threads,
                                                 fields=self.fields)
                 for qid in chunk:
                     run[qid] = {hit.docid: float(hit.score) for hit in hits.get(qid, ())}

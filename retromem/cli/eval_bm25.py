@@ -1,0 +1,57 @@
+"""``retromem eval beir --method bm25|hybrid``: the BM25 and hybrid evaluations (``cli/eval.py`` calls
+:func:`add_arguments` and, for a method other than dense, :func:`run`)."""
+
+from __future__ import annotations
+
+import time
+
+from retromem.cli.options import add_options, config_from_args, values_from_args
+
+METHODS = ("dense", "bm25", "hybrid")
+
+
+def add_arguments(parser) -> None:
+    from retromem.cli.index_bm25 import add_bm25_options
+    from retromem.eval.beir_hybrid import FusionConfig
+
+    parser.add_argument("--method", choices=METHODS, default="dense",
+                        help="dense: the encoder's FAISS search; bm25: Lucene BM25 (pyserini) of the corpus, its "
+                             "index cached in the work directory; hybrid: both, fused (--fusion)")
+    add_bm25_options(parser, title="BM25 (--method bm25|hybrid)")
+    add_options(parser.add_argument_group("fusion (--method hybrid)"), FusionConfig)
+
+
+def run(args, start: float) -> int:
+    from retromem.cli.common import encoder_config, index_config
+    from retromem.cli.index_bm25 import bm25_config, bm25_index_config
+    from retromem.errors import ConfigError
+    from retromem.eval.beir_hybrid import FusionConfig, HybridEvalConfig, evaluate_bm25_beir
+    from retromem.eval.beir_pipeline import BeirEvalConfig
+    from retromem.eval.report import format_markdown_table
+
+    if args.run:
+        raise ConfigError(f"--run scores a finished run file: --method {args.method} would not be used; leave it out")
+    beir = BeirEvalConfig(**values_from_args(BeirEvalConfig, args), encoder=encoder_config(args),
+                          index=index_config(args), show_progress=True)
+    config = HybridEvalConfig(beir=beir, method=args.method, bm25_index=bm25_index_config(args),
+                              bm25=bm25_config(args), fusion=config_from_args(FusionConfig, args))
+    result = evaluate_bm25_beir(config)
+    system = result.metadata["model"]
+    metrics = [m for m in ("NDCG@10", "Recall@100", "MRR@10", "MAP@10", "P@10") if m in result.scores.mean]
+    if not metrics:
+        metrics = [f"{family}@{k}" for k in result.scores.k_values[:3] for family in ("NDCG", "Recall")]
+    print(f"\nBEIR {result.metadata['dataset']} ({args.split}, {result.scores.num_queries} queries)\n")
+    print(format_markdown_table({system: result.scores.mean}, metrics=metrics))
+    chosen = result.metadata.get("alpha_chosen_on")
+    if chosen:
+        tried = ", ".join(f"{a} {s:.4f}" for a, s in chosen["scores"].items())
+        print(f"alpha {result.metadata['alpha']} (weight of BM25) was chosen on the {chosen['split']} split's "
+              f"{chosen['queries']} queries by {chosen['metric']}, not on {args.split}: {tried}")
+    if result.scores.num_missing:
+        print(f"{result.scores.num_missing} judged queries had no results and count as 0")
+    if result.reused:
+        print(f"reused from {result.workdir}: {', '.join(result.reused)}")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"time: {time.perf_counter() - start:.1f}s ({timing})")
+    print(f"results: {result.results_path.parent}")
+    return 0
