@@ -491,3 +491,84 @@ def test_an_untrained_index_is_reused_whatever_the_training_sample(built, capsys
     assert main(["index", "build", "--embeddings", str(built["emb"]), "--output", str(built["index"]),
                  "--train-size", "5"]) == 0
     assert "reused Flat" in capsys.readouterr().out
+
+
+# ---- eval kilt (issue 14) ----
+
+@pytest.fixture()
+def kilt_files(tmp_path):
+    source = tmp_path / "knowledge_source.jsonl"
+    source.write_text("".join(json.dumps({"wikipedia_id": f"P{i}", "wikipedia_title": f"Page {i}",
+                                          "text": [f"Page {i}", "protein cell gene tumor virus " * 3]}) + "\n"
+                              for i in range(4)), encoding="utf-8")
+    task = tmp_path / "task.jsonl"
+    rows = [{"id": f"q{i}", "input": "gene tumor", "output": [{"answer": "a", "provenance": [{"wikipedia_id": f"P{i}"}]}]}
+            for i in range(3)]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": r["id"], "output": [{"answer": "a", "provenance": []}]}) + "\n"
+                             for r in rows), encoding="utf-8")
+    return {"source": source, "task": task, "preds": preds, "rows": rows, "dir": tmp_path}
+
+
+def _kilt(files, tiny_model_dir, *extra) -> list[str]:
+    return ["eval", "kilt", "--task", str(files["task"]), "--model", str(tiny_model_dir), "--workdir",
+            str(files["dir"] / "work"), "--passage-words", "5", *TINY, *extra]
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--passage-words", "0"], ["--passage-words"]),
+    (["--passage-stride", "9"], ["--passage-stride", "--passage-words"]),
+    (["--top-k", "0"], ["--top-k"]),
+    (["--ks", "0,5"], ["--ks"]),
+    (["--ks", "five"], ["--ks"]),
+    (["--method", "nope"], ["--method", "'nope'", "dense"]),
+    (["--source", "nowhere/ks.jsonl"], ["nowhere/ks.jsonl", "does not exist"]),
+])
+def test_eval_kilt_refuses_bad_options(extra, fragments, kilt_files, tiny_model_dir, capsys):
+    one_line_error(capsys, main(_kilt(kilt_files, tiny_model_dir, *extra)), *fragments)
+
+
+def test_eval_kilt_bad_task_and_source_files(kilt_files, tiny_model_dir, capsys):
+    task, rows = kilt_files["task"], kilt_files["rows"]
+    one_line_error(capsys, main(["eval", "kilt", "--task", str(task.parent / "none.jsonl"),
+                                 "--predictions", str(kilt_files["preds"])]), "none.jsonl", "does not exist")
+    one_line_error(capsys, main(["eval", "kilt", "--task", "nonsense-dev", "--predictions", str(kilt_files["preds"])]),
+                   "unknown KILT task", "squad-dev")
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:1]), encoding="utf-8")
+    one_line_error(capsys, main(["eval", "kilt", "--task", str(task), "--predictions", str(kilt_files["preds"])]),
+                   f"{task}:4:", "'q0' is given twice: on line 1 and on line 4")
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    source = kilt_files["source"]
+    source.write_text(source.read_text() + json.dumps({"wikipedia_id": "P9", "wikipedia_title": "Nine"}) + "\n")
+    one_line_error(capsys, main(_kilt(kilt_files, tiny_model_dir)), f"{source}:5:", "no 'text' field")
+
+
+def test_eval_kilt_gold_pages_missing_from_the_source_are_counted(kilt_files, tiny_model_dir, capsys):
+    task, rows = kilt_files["task"], kilt_files["rows"]
+    rows[2]["output"][0]["provenance"] = [{"wikipedia_id": "GONE"}]
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(_kilt(kilt_files, tiny_model_dir)) == 0
+    assert "1 gold page(s) are not in the knowledge source ('GONE')" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lines, fragments", [
+    ([{"id": "q0", "output": [{"answer": "a"}]}, {"id": "q1", "output": [{"answer": "a"}]}], ["no prediction for id 'q2'"]),
+    ([{"id": f"q{i}", "output": [{"answer": ""}]} for i in (0, 1, 2, 7)], [":4:", "id 'q7' is not in the task"]),
+    ([{"id": "q0", "output": [{"answer": ""}]}, {"id": "q0", "output": [{"answer": ""}]}],
+     [":2:", "'q0' is predicted twice: on line 1 and on line 2"]),
+    ([{"id": "q0", "output": []}], [":1:", "exactly one object"]),
+    (["{broken"], [":1:", "malformed JSON"]),
+])
+def test_eval_kilt_bad_predictions(lines, fragments, kilt_files, capsys):
+    preds = kilt_files["preds"]
+    preds.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    one_line_error(capsys, main(["eval", "kilt", "--task", str(kilt_files["task"]), "--predictions", str(preds)]),
+                   *fragments)
+
+
+@pytest.mark.parametrize("extra", [["--top-k", "5"], ["--model", "minilm"], ["--factory", "HNSW32"],
+                                   ["--source", "squad-kilt"], ["--passage-words", "50"]])
+def test_eval_kilt_predictions_refuse_retrieval_options(extra, kilt_files, capsys):
+    one_line_error(capsys, main(["eval", "kilt", "--task", str(kilt_files["task"]), "--predictions",
+                                 str(kilt_files["preds"]), *extra]), extra[0], "would not be used")
