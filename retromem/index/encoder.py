@@ -110,6 +110,14 @@ class Encoder:
         texts = [p.full_text() if isinstance(p, Passage) else p for p in passages]
         return self.encode([self.passage_prefix + t for t in texts], show_progress=show_progress, desc="passages")
 
+    def layer_states(self, passages: Sequence[Passage | str], layer: int = -1,
+                     show_progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per passage, ``(states float32 [n, dim], token_ids int32 [n])`` of its real tokens after ``layer``
+        (0 = the embedding output, N = the last; -1 = the last); see :mod:`retromem.index.token_states`."""
+        from retromem.index.token_states import passage_layer_states
+
+        return passage_layer_states(self, passages, layer, show_progress=show_progress).pairs()
+
     def encode(self, texts: Sequence[str], show_progress: bool = False, desc: str = "encoding") -> np.ndarray:
         """Encode ``texts`` as given (no prefix added) in length-sorted batches; returns ``(n, dim)`` float32."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
