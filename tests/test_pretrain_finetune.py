@@ -269,8 +269,8 @@ def test_empty_jsonl_and_bad_options_are_refused(tmp_path):
         read_jsonl_examples([empty])
     with pytest.raises(RetromemError, match="no training data"):
         FinetuneConfig().validate()
-    with pytest.raises(RetromemError, match="BM25 negatives come once"):
-        FinetuneConfig(beir="scifact", negatives_source="bm25").validate()
+    with pytest.raises(RetromemError, match=r"bm25\+dense"):
+        FinetuneConfig(beir="scifact", negatives_source="splade").validate()
     with pytest.raises(RetromemError, match="raise --mine-top-k"):
         FinetuneConfig(beir="scifact", hard_negatives=5, mine_skip=28, mine_top_k=30).validate()
     with pytest.raises(RetromemError, match="unknown loss"):

@@ -3,9 +3,9 @@ qrels and from JSONL records, with hard negatives mined by the starting encoder 
 
 - BEIR: one (query, passage) pair for every judgment of grade >= 1 of the ``beir_split`` qrels, the
   passage formatted as retromem's encoder formats it (title + " " + text); negatives are mined from
-  the corpus (:func:`retromem.retrieve.dense_negatives.mine_negatives`), never one of the query's
-  positives, counting those of every query id with the same text, nor the query's own twin in the
-  corpus (:func:`retromem.retrieve.hard_negatives.never_negatives`).
+  the corpus (:func:`retromem.retrieve.negative_sources.mine_negatives_from`: dense, BM25 or both fused),
+  never one of the query's positives, counting those of every query id with the same text, nor the
+  query's own twin in the corpus (:func:`retromem.retrieve.hard_negatives.never_negatives`).
 - JSONL (:mod:`retromem.pretrain.contrastive_jsonl`): each record's first ``hard_negatives``
   negatives, completed with mined ones from the pool of every text in the files when it has fewer.
 
@@ -33,8 +33,8 @@ from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.io import atomic_path, count_lines, iter_jsonl, read_json, write_json_atomic
 from retromem.pretrain.contrastive_jsonl import read_jsonl_examples
 from retromem.pretrain.finetune_config import FinetuneConfig
-from retromem.retrieve.dense_negatives import mine_negatives
 from retromem.retrieve.hard_negatives import Candidates, never_negatives, pick_negatives
+from retromem.retrieve.negative_sources import mine_negatives_from
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,11 @@ def beir_examples(config: FinetuneConfig, get_encoder, report: ExampleReport, wr
     if config.hard_negatives:
         clock = time.perf_counter()
         never = never_negatives(queries, positives, dataset.iter_corpus)
-        candidates = mine_negatives(queries, never, dataset.iter_corpus, get_encoder(), config.mining(),
-                                    name=str(dataset.root), workdir=config.mining_workdir,
-                                    total=count_lines(corpus_file(dataset.root)), corpus_path=corpus_file(dataset.root),
-                                    show_progress=config.show_progress, write=write)
+        candidates = mine_negatives_from(config.negatives_source, queries, never, dataset.iter_corpus, get_encoder,
+                                         config.mining(), name=str(dataset.root), workdir=config.mining_workdir,
+                                         total=count_lines(corpus_file(dataset.root)),
+                                         corpus_path=corpus_file(dataset.root), show_progress=config.show_progress,
+                                         write=write)
         report.mining_seconds += time.perf_counter() - clock
         report.mined_queries += len(candidates)
     if not write:
@@ -188,10 +189,11 @@ def jsonl_examples(config: FinetuneConfig, get_encoder, report: ExampleReport, w
         queries = {f"q{i}": q for i, q in enumerate(needs_mining)}
         digest = hashlib.sha256("\n".join(pool).encode()).hexdigest()[:12]
         clock = time.perf_counter()
-        mined = mine_negatives(queries, {qid: positives_of[q] for qid, q in queries.items()},
-                               lambda: (Passage(id=pool_ids[t], text=t) for t in pool), get_encoder(),
-                               config.mining(), name=f"jsonl-{digest}", workdir=config.mining_workdir,
-                               total=len(pool), show_progress=config.show_progress, write=write)
+        mined = mine_negatives_from(config.negatives_source, queries,
+                                    {qid: positives_of[q] for qid, q in queries.items()},
+                                    lambda: (Passage(id=pool_ids[t], text=t) for t in pool), get_encoder,
+                                    config.mining(), name=f"jsonl-{digest}", workdir=config.mining_workdir,
+                                    total=len(pool), show_progress=config.show_progress, write=write)
         report.mining_seconds += time.perf_counter() - clock
         report.mined_queries += len(mined)
         candidates = {queries[qid]: c for qid, c in mined.items()}

@@ -14,7 +14,7 @@ from retromem.retrieve.hard_negatives import SAMPLINGS, MiningConfig
 
 LOSSES = ("mnrl", "cached-mnrl")
 POOLINGS = ("auto", "cls", "mean")
-NEGATIVE_SOURCES = ("dense",)  # "bm25" joins once retromem has a BM25 searcher
+NEGATIVE_SOURCES = ("dense", "bm25", "bm25+dense")  # retromem.retrieve.negative_sources.SOURCES
 #: Texts per forward pass of cached-mnrl unless mini_batch_size says otherwise.
 DEFAULT_MINI_BATCH = 32
 
@@ -43,7 +43,6 @@ class FinetuneConfig(RunSettings):
     RESUME_MUST_MATCH = (*RunSettings.RESUME_MUST_MATCH, "loss", "batch_size", "learning_rate", "scale",
                          "warmup_ratio", "no_duplicates", "trust_remote_code")
     BOOKKEEPING = (*RunSettings.BOOKKEEPING, "mining_workdir", "encode_batch_size", "mini_batch_size")
-    CHOICE_HINTS = {"negatives_source": " (BM25 negatives come once retromem has a BM25 searcher)"}
 
     output_dir: str = option("runs/finetune", flag="--output", metavar="OUTPUT",
                              help="run folder: mined examples, checkpoints, final/")
@@ -75,8 +74,9 @@ class FinetuneConfig(RunSettings):
     # hard negatives
     hard_negatives: int = option(1, min=0, help="hard negatives per pair: a JSONL record's own first (any beyond "
                                  "this number unused), mined ones fill up (0 = in-batch negatives only)")
-    negatives_source: str = option("dense", choices=NEGATIVE_SOURCES, help="where negatives come from: retromem's "
-                                   "dense index of the starting encoder (BM25 to come)")
+    negatives_source: str = option("dense", choices=NEGATIVE_SOURCES, flag="--negatives",
+                                   help="where negatives come from: retromem's dense index of the starting encoder, "
+                                   "a BM25 index of the corpus (pyserini), or the two fused by RRF")
     mine_top_k: int = option(30, min=1, help="candidates searched per query (at most the whole corpus)")
     mine_skip: int = option(0, min=0, help="top-ranked candidates skipped (likely false negatives)")
     mine_sampling: str = option("top", choices=SAMPLINGS, help="take the best-ranked remaining candidates, or "
