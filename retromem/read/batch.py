@@ -142,8 +142,12 @@ def _answers(spec: ReaderSpec, tokenizer: Any, answers: Sequence[str]) -> dict[s
 
 
 def _fill_index(row: torch.Tensor, token_ids: np.ndarray, offset: int, special: set[int], skip_first: bool) -> None:
-    for m, token in enumerate(token_ids):
-        if (skip_first and m == 0) or int(token) in special:
-            continue
-        if offset + m < row.shape[0]:
-            row[offset + m] = m
+    """``row[offset + m] = m`` for each memory token ``m`` that is the passage's own (not special, and not the
+    passage's first when it was dropped from the live sequence), within the row."""
+    tokens = np.asarray(token_ids)
+    keep = ~np.isin(tokens, np.fromiter(special, dtype=np.int64, count=len(special)))
+    if skip_first and len(keep):
+        keep[0] = False
+    positions = np.nonzero(keep)[0]
+    positions = positions[offset + positions < row.shape[0]]
+    row[torch.from_numpy(offset + positions)] = torch.from_numpy(positions)

@@ -89,16 +89,31 @@ class LiveMemory:
         from retromem.index.token_states import passage_layer_states
 
         states = passage_layer_states(encoder, list(passages), layer)
+        self._fill(encoder.metadata(), [p.id for p in passages], states.states, states.token_ids, layer, codec)
+
+    @classmethod
+    def from_states(cls, encoder_meta: dict, ids: Sequence[str], states: Sequence[np.ndarray],
+                    token_ids: Sequence[np.ndarray], layer: int, codec: Any, train_sample: int = 65536
+                    ) -> LiveMemory:
+        """A memory of states already computed (``states[i]`` [n_i, d] of passage ``ids[i]`` at ``layer``)."""
+        memory = cls.__new__(cls)
+        memory._fill(encoder_meta, ids, states, token_ids, layer, codec, train_sample)
+        return memory
+
+    def _fill(self, encoder_meta, ids, states, token_ids, layer, codec, train_sample: int = 65536) -> None:
         if codec.needs_training and not codec.trained:
-            codec.train(np.concatenate(states.states))
+            sample = np.concatenate([np.asarray(s, dtype=np.float32) for s in states])
+            if len(sample) > train_sample:
+                sample = sample[np.random.default_rng(0).choice(len(sample), train_sample, replace=False)]
+            codec.train(sample)
         self.codec = codec
         self.layer = layer
-        self.encoder_meta = encoder.metadata()
+        self.encoder_meta = dict(encoder_meta)
         self._codes = {}
-        for passage, vectors, ids in zip(passages, states.states, states.token_ids):
-            n = len(ids)
+        for pid, vectors, tokens in zip(ids, states, token_ids):
+            n = len(tokens)
             spans = np.stack([np.arange(n), np.arange(1, n + 1)], axis=1).astype(np.int32)
-            self._codes[passage.id] = (codec.encode(vectors), ids, spans)
+            self._codes[pid] = (codec.encode(np.asarray(vectors, dtype=np.float32)), np.asarray(tokens), spans)
 
     def ids(self) -> list[str]:
         return list(self._codes)
@@ -108,3 +123,31 @@ class LiveMemory:
 
     def info(self) -> tuple[dict, int, dict]:
         return self.encoder_meta, self.layer, self.codec.to_json()
+
+
+def states_at_layers(encoder: Any, passages: Sequence[Passage], layers: Sequence[int], batch_size: int = 32,
+                     show_progress: bool = False) -> tuple[dict[int, list[np.ndarray]], list[np.ndarray]]:
+    """The states of ``passages`` at each of ``layers`` from one forward pass per batch (as
+    :func:`retromem.index.token_states.passage_layer_states` computes each), as float16, with their token ids."""
+    import torch
+    from tqdm.auto import tqdm
+
+    texts = [memory_text(p, encoder.passage_prefix) for p in passages]
+    encoded = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length, padding=False,
+                                return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    out: dict[int, list] = {layer: [None] * len(texts) for layer in layers}
+    order = np.argsort([-len(ids) for ids in encoded], kind="stable")
+    with tqdm(total=len(texts), desc="memory states", disable=not show_progress, leave=False) as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = encoder.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+            with torch.inference_mode(), encoder._autocast():
+                hidden = encoder.model(input_ids=batch["input_ids"].to(encoder.device),
+                                       attention_mask=batch["attention_mask"].to(encoder.device),
+                                       output_hidden_states=True).hidden_states
+            for layer in layers:
+                states = hidden[layer].float().cpu().numpy()
+                for j, row in enumerate(rows):
+                    out[layer][row] = states[j, :len(encoded[row])].astype(np.float16)
+            bar.update(len(rows))
+    return out, [np.asarray(ids, dtype=np.int32) for ids in encoded]
