@@ -176,3 +176,23 @@ def test_minilm_on_scifact_kilt_dev_subset(tmp_path, shared_data):
     result = evaluate_kilt(KiltEvalConfig(task=str(task), source=str(small), workdir=tmp_path / "w", top_k=20))
     assert result.report.missing_pages == 0
     assert result.scores.mean["R-Prec"] > 0.6 and result.scores.mean["Recall@5"] > 0.8
+
+
+def test_a_beir_corpus_as_source_reuses_eval_beirs_embeddings(tiny_beir, tiny_st_dir, tmp_path):
+    """SciFact-KILT's page ids are BEIR SciFact's doc ids: over the BEIR corpus, eval kilt reuses eval beir's work."""
+    from retromem.eval.beir_pipeline import BeirEvalConfig, evaluate_dense_beir
+
+    encoder = EncoderConfig(model=str(tiny_st_dir), batch_size=16)
+    beir = evaluate_dense_beir(BeirEvalConfig(dataset=str(tiny_beir), encoder=encoder, workdir=tmp_path / "w",
+                                              plot_metric=None))
+    queries = [json.loads(line) for line in (tiny_beir / "queries.jsonl").read_text().splitlines()][:6]
+    task = write_jsonl(tmp_path / "tiny-kilt.jsonl", [
+        {"id": q["_id"], "input": q["text"], "output": [
+            {"answer": "SUPPORTS", "provenance": [{"wikipedia_id": f"doc{3 * i}"}]},
+            {"answer": "SUPPORTS", "provenance": [{"wikipedia_id": f"doc{3 * i + 1}"}]}]} for i, q in enumerate(queries)])
+    result = evaluate_kilt(KiltEvalConfig(task=str(task), source=str(tiny_beir), encoder=encoder,
+                                          workdir=tmp_path / "w", top_k=10))
+    assert result.reused == ["embeddings", "index"] and result.work == beir.workdir
+    assert result.corpus.kind == "beir" and result.report.missing_pages == 0
+    assert read_kilt_predictions(result.predictions_path)[0].provenance[0].startswith("doc")
+    assert "gold_paragraph@1" not in result.passage_metrics   # page-level provenance only

@@ -6,11 +6,12 @@ directory; the BM25 module adds its own), and each question's ranked passages be
 rank order: KILT predictions with provenance and empty answers, scored by :func:`retromem.eval.kilt.score_kilt`.
 A dense run's work directory::
 
-    <workdir>/<source>-<where>-w100/<model>-<key>/embeddings/, index-<factory>-<metric>/   shared with other tasks
-    <workdir>/<source>-<where>-w100/<model>-<key>/runs/<task>-<run>.trec       the ranked passages
-    <workdir>/<source>-<where>-w100/<model>-<key>/results/<task>-<run>/        predictions.jsonl, results.json, ...
+    <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/embeddings/, index-<factory>-<metric>/   shared by tasks
+    <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/runs/<task>-<run>.trec      the ranked passages
+    <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/results/<task>-<run>/       predictions.jsonl, results.json...
 
-``w100`` names the passage cut (``w100s50`` with a stride), so other cuts of one source never share vectors.
+``w100`` names the passage cut (``w100s50`` with a stride), so other cuts of one source never share vectors. A BEIR
+corpus given as the source (its documents are the pages) uses the folder ``eval beir`` uses, and so its embeddings.
 The ranked passages of every question stay available for a reader: :attr:`KiltEvalResult.run` (and the run
 file), and :func:`ranked_passages` turns them back into passages with their page and paragraph range.
 """
@@ -32,6 +33,7 @@ from retromem.data.passage import Passage
 from retromem.errors import ConfigError, MissingDataError
 from retromem.eval.kilt import DEFAULT_KS, KiltPrediction, KiltScores, normalize_answer, score_kilt, \
     write_kilt_predictions
+from retromem.eval.kilt_bm25 import bm25_kilt_searcher, hybrid_kilt_searcher
 from retromem.eval.kilt_report import write_kilt_results
 from retromem.index.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus
 from retromem.index.encoder import Encoder, EncoderConfig
@@ -125,7 +127,8 @@ def dense_searcher(setup: SearchSetup) -> Searcher | None:
     work = work_directory(setup.workdir, setup.corpus_key, encoder.metadata())
     embeddings = encode_corpus(corpus.passages, encoder, work / "embeddings", chunk_size=config.chunk_size,
                                total=corpus.count(), show_progress=config.show_progress,
-                               corpus_name=f"{corpus.name} ({corpus.passage_key() or 'documents'})",
+                               corpus_name=str(corpus.path) if corpus.kind == "beir" else
+                               f"{corpus.path} ({corpus.passage_key()} passages)",
                                corpus_path=corpus.path, replace_stale=True)
     if embeddings is None:
         return None
@@ -146,7 +149,8 @@ def dense_searcher(setup: SearchSetup) -> Searcher | None:
     return DenseSearcher(encoder, index)
 
 
-SEARCHERS: dict[str, SearcherFactory] = {"dense": dense_searcher}
+SEARCHERS: dict[str, SearcherFactory] = {"dense": dense_searcher, "bm25": bm25_kilt_searcher,
+                                         "hybrid": hybrid_kilt_searcher}
 """Method name -> factory of its :class:`Searcher` over the knowledge-source passages (see :class:`SearchSetup`).
 Another retrieval module adds itself with one entry."""
 
@@ -184,8 +188,7 @@ def evaluate_kilt(config: KiltEvalConfig) -> KiltEvalResult | None:
         raise MissingDataError(f"no knowledge source for {task.path}: give --source (a KILT knowledge-source .jsonl "
                                "or a name such as squad-kilt), or put knowledge_source.jsonl beside the task file")
     corpus = open_corpus(source, config.passage_words, config.passage_stride)
-    key = corpus.passage_key()
-    corpus_key = f"{slug(corpus.path.parent.name)}-{dataset_key(corpus.path)}" + (f"-{key}" if key else "")
+    corpus_key = work_key(corpus)
     setup = SearchSetup(corpus=corpus, config=config, workdir=config.workdir, corpus_key=corpus_key)
     timings["load"] = time.perf_counter() - clock
 
@@ -233,6 +236,14 @@ def evaluate_kilt(config: KiltEvalConfig) -> KiltEvalResult | None:
                           examples=examples, corpus=corpus, predictions_path=predictions_path,
                           results_path=results_path, run_path=run_path, work=work, timings=timings,
                           reused=setup.reused, report=report, metadata=metadata)
+
+
+def work_key(corpus: Corpus) -> str:
+    """The corpus's folder name in the work directory: ``<folder>-<file>-<where>-w100`` for a KILT source; for a
+    BEIR corpus the very folder ``eval beir`` uses, so a KILT task over a BEIR corpus reuses its embeddings."""
+    if corpus.kind == "beir":
+        return dataset_key(corpus.path.parent)
+    return f"{slug(corpus.path.parent.name)}-{dataset_key(corpus.path)}-{corpus.passage_key()}"
 
 
 def page_mapper(corpus: Corpus) -> Callable[[str], str]:
