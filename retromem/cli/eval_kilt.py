@@ -43,6 +43,7 @@ def add_parser(eval_sub) -> None:
     hook = _reader_hook()
     if hook is not None:
         hook.add_arguments(p)
+    p.set_defaults(reader_hook=hook is not None)   # run() calls the hook only if its options were added
 
 
 def run(args) -> int:
@@ -77,7 +78,7 @@ def run(args) -> int:
     print(f"time: {time.perf_counter() - start:.1f}s ({timing})")
     print(f"ranked passages: {result.run_path}")
     print(f"results: {result.results_path.parent}")
-    hook = _reader_hook()
+    hook = _reader_hook() if getattr(args, "reader_hook", False) else None
     if hook is not None:
         code = hook.run(args, result)
         if code is not None:
