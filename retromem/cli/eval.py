@@ -53,7 +53,7 @@ def run(args) -> int:
         check_output_folder(args.output_dir)
     if args.workdir is not None and not args.run:
         check_output_folder(args.workdir, "--workdir")
-    if args.method != "dense":
+    if eval_bm25.handles(args):
         return eval_bm25.run(args, start)
     if args.run:
         _refuse_unused_options(args)

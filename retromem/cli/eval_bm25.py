@@ -21,6 +21,48 @@ def add_arguments(parser) -> None:
     add_options(parser.add_argument_group("fusion (--method hybrid)"), FusionConfig)
 
 
+def handles(args) -> bool:
+    """Whether ``--method`` is bm25 or hybrid (then :func:`run` evaluates); options the method would not use are
+    refused first (BM25 and fusion options with dense, encoder/index/fusion options with bm25...)."""
+    refuse_unused(args, args.method, index_options=True)
+    return args.method != "dense"
+
+
+def refuse_unused(args, method: str, index_options: bool) -> None:
+    """A one-line :class:`ConfigError` naming the given options that ``method`` does not use."""
+    from retromem.errors import ConfigError
+    from retromem.eval.beir_hybrid import FusionConfig
+    from retromem.index.bm25 import BM25IndexConfig
+    from retromem.index.encoder import EncoderConfig
+    from retromem.index.faiss_index import IndexConfig
+    from retromem.options import flag, option_specs
+    from retromem.retrieve.bm25 import BM25Config
+
+    def flags(cls, exclude=()):
+        return [flag(cls, name) for name, spec in option_specs(cls).items() if spec.cli and name not in exclude]
+
+    given = getattr(args, "given", frozenset())
+    bm25 = flags(BM25Config) + (flags(BM25IndexConfig) if index_options else ["--bm25-index"])
+    fusion = flags(FusionConfig)
+    dense = flags(EncoderConfig) + flags(IndexConfig) + [s.negative for s in option_specs(EncoderConfig).values()
+                                                          if s.negative]
+    if method == "dense":
+        unused = bm25 + fusion
+    elif method == "bm25":
+        unused = fusion + dense + (["--bm25-index"] if not index_options else [])
+    else:
+        fusion_kind = getattr(args, "fusion", "rrf")
+        unused = ["--alpha", "--alpha-split", "--normalization"] if fusion_kind == "rrf" else ["--rrf-k"]
+        if fusion_kind == "interpolate" and getattr(args, "alpha", None) is not None:
+            unused.append("--alpha-split")
+    found = sorted({f for f in unused if f in given})
+    if found:
+        raise ConfigError(f"{', '.join(found)} would not be used with --method {method}"
+                          f"{' --fusion ' + args.fusion if method == 'hybrid' else ''}; leave "
+                          f"{'it' if len(found) == 1 else 'them'} out, or choose the method that uses "
+                          f"{'it' if len(found) == 1 else 'them'}")
+
+
 def run(args, start: float) -> int:
     from retromem.cli.common import encoder_config, index_config
     from retromem.cli.index_bm25 import bm25_config, bm25_index_config

@@ -50,7 +50,7 @@ def run(args) -> int:
         queries = load_queries(args.queries)
     else:
         queries = load_beir(args.queries, split=args.split).queries
-    if args.method != "dense":
+    if search_bm25.handles(args):
         return search_bm25.run(args, queries)
     index = DenseIndex.load(args.index, search_params=args.search_params, gpu=args.gpu)
     args = _defaults_from_index(args, index.artifact.encoder)

@@ -26,6 +26,15 @@ def add_arguments(parser) -> None:
     add_options(parser.add_argument_group("fusion (--method hybrid)"), FusionConfig, exclude=("alpha_split",))
 
 
+def handles(args) -> bool:
+    """Whether ``--method`` is bm25 or hybrid (then :func:`run` searches); options the method would not use are
+    refused first."""
+    from retromem.cli.eval_bm25 import refuse_unused
+
+    refuse_unused(args, args.method, index_options=False)
+    return args.method != "dense"
+
+
 def run(args, queries: dict[str, str]) -> int:
     """Search ``queries`` by BM25, or by BM25 fused with the dense index, and write the run file."""
     from retromem.cli.index_bm25 import bm25_config

@@ -59,10 +59,11 @@ class BM25IndexConfig:
 
     multifield: bool = option(False, help="index title and text as two fields (pyserini's BEIR 'multifield') "
                               "instead of one 'contents' field holding both ('flat')")
-    threads: int = option(min(4, os.cpu_count() or 1), min=1, help="indexing threads (and collection files)")
+    threads: int = option(min(4, os.cpu_count() or 1), min=1, max=256, help="indexing threads (and collection files)")
     stemmer: str = option("porter", choices=STEMMERS, help="stemmer of the English analyzer")
     keep_stopwords: bool = option(False, help="index stopwords too (default: Lucene's English stopwords are dropped)")
-    memory_buffer_mb: int = option(1024, min=16, flag="--memory-buffer", help="Lucene's indexing buffer in MB")
+    memory_buffer_mb: int = option(1024, min=16, max=32768, flag="--memory-buffer", help="Lucene's indexing buffer "
+                                   "in MB")
     jvm_heap: str | None = option(None, help="JVM heap, e.g. 6g (default: $RETROMEM_JVM_HEAP, else 6g)")
 
     def __post_init__(self) -> None:

@@ -37,7 +37,7 @@ class BM25Config:
 
     k1: float = option(0.9, min=0.0, help="BM25 term-frequency saturation (pyserini's BEIR default 0.9)")
     b: float = option(0.4, min=0.0, max=1.0, help="BM25 length normalisation (pyserini's BEIR default 0.4)")
-    search_threads: int = option(min(4, os.cpu_count() or 1), min=1,
+    search_threads: int = option(min(4, os.cpu_count() or 1), min=1, max=1024,
                           help="search threads (Anserini's batch_search)")
     query_batch: int = option(1000, min=1, cli=False, help="queries per batch_search call (the unit of progress)")
     jvm_heap: str | None = option(None, help="JVM heap, e.g. 6g (default: $RETROMEM_JVM_HEAP, else 6g)")
@@ -70,9 +70,11 @@ class BM25Searcher:
         self.fields = self.index.fields if self.index.layout != "flat" else {}
 
     def search(self, queries: dict[str, str], k: int = 100, show_progress: bool = False) -> Run:
-        """The top ``k`` of each query, best first (``{qid: {doc_id: score}}`` in rank order)."""
+        """The top ``k`` of each query, best first (``{qid: {doc_id: score}}`` in rank order); a ``k`` beyond the
+        index's documents returns them all."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        k = min(int(k), max(1, int(self.index.meta.details.get("indexed") or k)))  # Lucene takes an int32
         qids = list(queries)
         run: Run = {}
         batch = self.config.query_batch
