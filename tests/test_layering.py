@@ -17,7 +17,7 @@ ALLOWED = {
     "retrieve": {"data", "index"},
     "pretrain": {"data", "index", "retrieve"},
     "eval": {"data", "index", "retrieve"},
-    "read": {"data", "index", "retrieve", "pretrain"},
+    "read": {"data", "index", "retrieve", "pretrain", "eval"},
     "cli": {"data", "index", "retrieve", "pretrain", "eval", "read"},
 }
 #: Top-level modules that sit above data/ (they name passages and data set folders); the other top-level

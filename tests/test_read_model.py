@@ -109,7 +109,7 @@ def test_a_reader_refuses_a_memory_of_another_encoder_layer_or_codec(tiny_encode
     with pytest.raises(MismatchError, match="holds layer 3.*reads layer 4"):
         require_memory(spec, encoder, 3, {"name": "binary"}, "m")
     with pytest.raises(MismatchError, match="codec"):
-        require_memory(spec, encoder, 4, {"name": "pq", "subvectors": 24}, "m")
+        require_memory(spec, encoder, 4, {"name": "binary", "dim": 64, "params": {"scale": "none"}}, "m")
     with pytest.raises(ConfigError, match="--k 7.*6 layers"):
         ReaderSpec(encoder="x", num_layers=6, live_layers=7, head="span")
 

@@ -11,11 +11,11 @@ import argparse
 import sys
 
 from retromem import __version__
-from retromem.cli import encode, eval, finetune, fuse, index, pretrain, search
+from retromem.cli import encode, eval, finetune, fuse, index, pretrain, read, search
 from retromem.cli.common import EXIT_USAGE, CommandParser, HelpFormatter, logging_to_stderr, quiet_other_libraries
 from retromem.errors import RetromemError
 
-COMMANDS = (encode, index, search, fuse, eval, pretrain, finetune)
+COMMANDS = (encode, index, search, fuse, eval, pretrain, finetune, read)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,8 +110,13 @@ def require_memory(spec: ReaderSpec, encoder: EncoderInfo | Mapping[str, Any] | 
 
 
 def codec_identity(codec: Mapping[str, Any]) -> dict[str, Any]:
-    """A codec's name and scalar parameters (not trained tables): what must agree between memory and reader."""
-    return {k: v for k, v in dict(codec).items() if isinstance(v, (str, int, float, bool)) or v is None}
+    """A codec's name, dimension, code size and parameters (not its trained tables, nor how many vectors trained
+    it): what must agree between a memory and the reader trained on one like it."""
+    out = {k: codec[k] for k in ("name", "dim", "code_size") if k in codec}
+    params = {k: v for k, v in dict(codec.get("params") or {}).items() if k != "train_size"}
+    if params:
+        out["params"] = params
+    return out
 
 
 def memory_info(encoder: EncoderInfo | Mapping[str, Any], layer: int, codec: Mapping[str, Any]) -> MemoryInfo:

@@ -33,11 +33,11 @@ from retromem.pretrain.run import FINAL_DIR, save_final_folder, start_run, train
 from retromem.read.batch import ReadItem, collate
 from retromem.read.checkpoint import WEIGHTS_FILE, memory_info, require_memory, save_reader
 from retromem.read.memory import PassageReader
+from retromem.read.memory_open import open_memory
 from retromem.read.model import MemoryReader
 from retromem.read.questions import Question, ReadingSet, reading_set
 from retromem.read.reader_config import ReaderSpec
 from retromem.read.span import find_answer_span
-from retromem.read.memory_open import open_memory
 from retromem.read.train_config import ReaderTrainConfig
 
 log = logging.getLogger(__name__)
@@ -217,8 +217,8 @@ def _memory(config: ReaderTrainConfig, spec: ReaderSpec, memory: Any, model_path
         return None, "", {}
     if memory is None:
         if not config.memory:
-            raise ConfigError(f"--k {spec.live_layers} reads a token memory of layer {spec.memory_layer}: give --memory "
-                              "(`retromem read memory` builds one), or --k "
+            raise ConfigError(f"--k {spec.live_layers} reads a token memory of layer {spec.memory_layer}: give "
+                              "--memory (`retromem read memory` builds one), or --k "
                               f"{spec.num_layers} to re-encode the passage text")
         memory = open_memory(config.memory)
     encoder, layer, codec = memory.info()

@@ -1,6 +1,6 @@
 """The options of one reader training run (:class:`ReaderTrainConfig`), each declared beside its
-``retromem read train`` flag; the options every run has come from
-:class:`retromem.pretrain.run_settings.RunSettings`."""
+``retromem read train`` flag; what it reads comes from :class:`retromem.read.read_options.ReadingOptions`, the
+options every run has from :class:`retromem.pretrain.run_settings.RunSettings`."""
 
 from __future__ import annotations
 
@@ -10,37 +10,10 @@ from retromem.errors import ConfigError
 from retromem.model_paths import DEFAULT_MODEL
 from retromem.options import named, option
 from retromem.pretrain.run_settings import RunSettings
+from retromem.read.read_options import ReadingOptions, check_reading
 from retromem.read.reader_config import HEADS
 
 HEAD_CHOICES = ("auto", *HEADS)
-
-
-@dataclass
-class ReadingOptions:
-    """What a reader reads for each question: the task, its retrieved passages and their memory."""
-
-    task: str | None = option(None, help="KILT task: scifact-train, squad-train... or a KILT-format .jsonl file")
-    run: str | None = option(None, help="TREC run file of the task's retrieved passages (ids <wikipedia_id>#<i>), e.g. "
-                      "from `retromem eval kilt --save-run`")
-    memory: str | None = option(None, help="token-memory folder holding those passages at the reader's layer "
-                                "(`retromem read memory`); not needed with --k equal to the encoder's layers "
-                                "(full re-encoding reads the text)")
-    corpus: str | None = option(None, help="the knowledge source (.jsonl) the passages come from (default: the "
-                                "task's)")
-    passages: int = option(5, min=1, help="retrieved passages read per question (the top of the run)")
-    passage_words: int = option(100, min=1, help="words per passage, as the run's passages were cut")
-    passage_stride: int | None = option(None, min=1, help="words between passage starts (default: --passage-words)")
-    limit: int | None = option(None, min=1, help="read only this many questions (a seeded random subsample)")
-
-
-def check_reading(options: ReadingOptions) -> None:
-    """Refuse reading options without a task or a run, or with a stride beyond the passage size."""
-    for name in ("task", "run"):
-        if not getattr(options, name):
-            raise ConfigError(f"give {named(options, name)}")
-    if options.passage_stride is not None and options.passage_stride > options.passage_words:
-        raise ConfigError(f"{named(options, 'passage_stride')} {options.passage_stride} is above --passage-words "
-                          f"{options.passage_words}: words would be skipped")
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""``retromem read train|predict|memory``: the memory-attending reader on KILT tasks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from retromem.cli.common import (
+    EXIT_USAGE,
+    HelpFormatter,
+    add_command,
+    check_output_file,
+    check_output_folder,
+    is_main_process,
+    show_training_logs,
+)
+from retromem.cli.options import add_options, config_from_args
+from retromem.cli.training import RUN_OPTIONS, add_training_options
+from retromem.read.read_options import ReaderMemoryConfig, ReaderPredictConfig, ReadingOptions
+from retromem.read.train_config import ReaderTrainConfig
+
+READING = tuple(f for f in ReadingOptions.__dataclass_fields__)
+OPTIMISATION = ("batch_size", "learning_rate", "head_learning_rate", "warmup_ratio")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("read", help="the memory-attending reader: train, predict, build the memory it reads",
+                       formatter_class=HelpFormatter)
+    p.set_defaults(func=lambda args: p.print_help() or EXIT_USAGE)
+    read_sub = p.add_subparsers(title="read commands", metavar="COMMAND")
+    t = add_command(
+        read_sub, "train", run_train, help="train a reader on a KILT task's retrieved passages",
+        description="Train a LUMEN-style reader: the top --k layers of the encoder run live over [question; the "
+                    "decoded token memory of each retrieved passage] (--k equal to the encoder's layers re-encodes "
+                    "the passage text; --k 0 reads pure memory), with a classification, span or generative head. "
+                    "The passages are the top --passages of --run for each question of --task, a gold passage "
+                    "forced in where retrieval missed it; the memory (--memory, from `retromem read memory` in the "
+                    "codec the reader will read) must hold them. Rerunning the same command resumes; the reader is "
+                    "<output>/final.")
+    add_options(t.add_argument_group("what is read"), ReaderTrainConfig, only=READING, required=("task", "run"))
+    add_options(t, ReaderTrainConfig, exclude=(*READING, *OPTIMISATION, *RUN_OPTIONS), required=("output_dir",))
+    add_training_options(t, ReaderTrainConfig, own=OPTIMISATION)
+    pr = add_command(
+        read_sub, "predict", run_predict, help="answer a KILT task's questions with a reader",
+        description="Read the top --passages of --run for each question of --task with the reader, and write KILT "
+                    "predictions (the answer, and the pages of the run's ranking as provenance) to --output, which "
+                    "`retromem eval kilt --task ... --predictions FILE` scores. Prints the reading throughput "
+                    "(memory gather + the reader; retrieval excluded).")
+    add_options(pr, ReaderPredictConfig, required=("task", "run", "reader", "output"))
+    m = add_command(
+        read_sub, "memory", run_memory, help="build the token memory of only the passages a task reads",
+        description="Build the token memory (layer N - --k of the encoder, in --codec) of the passages --run "
+                    "retrieves for --task's questions (top --passages; with --force-gold also a gold passage where "
+                    "retrieval missed it, as training reads), so that no whole knowledge source is encoded.")
+    add_options(m, ReaderMemoryConfig, exclude=("memory",), required=("task", "run", "output"))
+
+
+def run_train(args) -> int:
+    from retromem.read.train import train_reader
+
+    check_output_folder(Path(args.output_dir))
+    config = config_from_args(ReaderTrainConfig, args)
+    show_training_logs()
+    logging_reader()
+    start = time.perf_counter()
+    final = train_reader(config)
+    if final is not None and is_main_process():
+        print(f"trained the reader in {time.perf_counter() - start:.1f}s -> {final}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from retromem.read.predict import predict
+
+    check_output_file(Path(args.output))
+    config = config_from_args(ReaderPredictConfig, args)
+    outcome = predict(config)
+    print(f"read {outcome.questions} questions in {outcome.reading_seconds:.1f}s "
+          f"({outcome.questions_per_second:.1f} questions/s, retrieval excluded) -> {config.output}")
+    return 0
+
+
+def run_memory(args) -> int:
+    from retromem.read.build_memory import build_reading_memory
+
+    check_output_folder(Path(args.output))
+    config = config_from_args(ReaderMemoryConfig, args)
+    start = time.perf_counter()
+    _, count = build_reading_memory(config)
+    print(f"memory of {count} passages in {time.perf_counter() - start:.1f}s -> {config.output}")
+    return 0
+
+
+def logging_reader() -> None:
+    import logging
+
+    logger = logging.getLogger("retromem.read")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)

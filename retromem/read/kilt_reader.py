@@ -1,0 +1,89 @@
+"""``retromem eval kilt --task ... --reader DIR``: retrieval (the KILT pipeline), memory gather and reading end to
+end. The pipeline's ranked passages are read by the reader; the answers, with the retrieved pages as provenance,
+are scored with the official KILT metrics beside the retrieval-only scores.
+
+With no ``memory`` folder, a reader of k < N live layers reads a memory computed for the retrieved passages on
+the fly (its encoder's states at its layer, through a codec of its kind trained on them): what ``retromem read
+memory`` would store, without the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retromem.errors import ConfigError
+from retromem.eval.kilt import KiltScores, score_kilt
+from retromem.eval.kilt_report import write_kilt_results
+from retromem.read.checkpoint import load_reader
+from retromem.read.predict import PredictOutcome, ReaderPredictConfig, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReaderEvalResult:
+    scores: KiltScores
+    outcome: PredictOutcome
+    results_path: Path
+    predictions_path: Path
+    seconds: dict[str, float]
+
+
+def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | None = None, passages: int = 5,
+                   batch_size: int = 16, output_dir: str | Path | None = None, device: str | None = None,
+                   show_progress: bool = False) -> ReaderEvalResult:
+    """Read the questions of ``retrieval`` (a :class:`retromem.eval.kilt_pipeline.KiltEvalResult`) with the
+    reader in ``reader_dir`` over its ranked passages; score and write the results (``output_dir``, default
+    ``<retrieval results>/reader``)."""
+    started = time.perf_counter()
+    if retrieval.corpus.kind != "kilt":
+        raise ConfigError("a reader reads passages of a KILT knowledge source (ids <wikipedia_id>#<i>); "
+                          f"{retrieval.corpus.path} is a BEIR corpus")
+    reader = load_reader(reader_dir, device or "cpu")
+    out = Path(output_dir) if output_dir else retrieval.results_path.parent / "reader"
+    words = retrieval.metadata.get("passages", {})
+    config = ReaderPredictConfig(task=retrieval.metadata["task_file"], run=str(retrieval.run_path),
+                                 memory=str(memory) if memory else None, corpus=str(retrieval.corpus.path),
+                                 passages=passages, passage_words=int(words.get("words", 100)),
+                                 passage_stride=(words.get("stride") if words.get("stride") != words.get("words")
+                                                 else None),
+                                 reader=str(reader_dir), output=str(out / "predictions.jsonl"), batch_size=batch_size,
+                                 device=device, show_progress=show_progress)
+    live = None
+    built = 0.0
+    if not reader.spec.full and not memory:
+        clock = time.perf_counter()
+        live = live_memory_for(reader, config, retrieval.run)
+        built = time.perf_counter() - clock
+    outcome = predict(config, memory=live, reader=reader, run=retrieval.run)
+    scores = score_kilt(retrieval.examples, outcome.predictions, ks=retrieval.scores.ks)
+    spec = reader.spec
+    metadata = {**{k: v for k, v in retrieval.metadata.items() if k not in ("predictions", "system")},
+                "system": f"reader k={spec.live_layers} ({spec.head}) over {retrieval.metadata.get('method')}",
+                "reader": str(reader_dir), "memory": str(memory) if memory else ("computed for the retrieved passages"
+                                                                               if live is not None else None),
+                "passages_read": passages, "reading_questions_per_second": outcome.questions_per_second,
+                "predictions": str(out / "predictions.jsonl")}
+    results_path = write_kilt_results(out, scores, metadata)
+    seconds = {"memory": built, "reading": outcome.reading_seconds, "total": time.perf_counter() - started}
+    return ReaderEvalResult(scores, outcome, results_path, out / "predictions.jsonl", seconds)
+
+
+def live_memory_for(reader: Any, config: ReaderPredictConfig, run: Any) -> Any:
+    """A memory of the passages ``config`` reads, made as the reader's memory was (encoder, layer, codec)."""
+    from retromem.index.encoder import Encoder, EncoderConfig
+    from retromem.index.memory_codecs import make_codec
+    from retromem.read.memory import LiveMemory
+    from retromem.read.questions import reading_set
+
+    info = reader.spec.memory
+    data = reading_set(config, run=run)
+    encoder = Encoder(EncoderConfig(model=info.encoder.get("model_path") or info.encoder["model"],
+                                    precision=info.encoder.get("precision") or "fp32"))
+    codec = make_codec(info.codec["name"], encoder.dim, **info.codec.get("params", {}))
+    passages = [data.passages[i] for i in sorted(data.passages)]
+    return LiveMemory(encoder, passages, info.layer, codec)

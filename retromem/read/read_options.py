@@ -1,0 +1,78 @@
+"""What the ``retromem read`` commands read (:class:`ReadingOptions`: a KILT task, its retrieved passages and
+their memory) and the options of ``read predict`` (:class:`ReaderPredictConfig`) and ``read memory``
+(:class:`ReaderMemoryConfig`), each declared beside its flag. Light (no torch): the command builds its parsers
+from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retromem.errors import ConfigError
+from retromem.model_paths import DEFAULT_MODEL
+from retromem.options import named, option
+
+
+@dataclass
+class ReadingOptions:
+    """What a reader reads for each question: the task, its retrieved passages and their memory."""
+
+    task: str | None = option(None, help="KILT task: scifact-train, squad-train... or a KILT-format .jsonl file")
+    run: str | None = option(None, help="TREC run file of the task's retrieved passages (ids <wikipedia_id>#<i>), e.g. "
+                      "the ranked passages `retromem eval kilt` writes")
+    memory: str | None = option(None, help="token-memory folder holding those passages at the reader's layer "
+                                "(`retromem read memory`); not needed with --k equal to the encoder's layers "
+                                "(full re-encoding reads the text)")
+    corpus: str | None = option(None, help="the knowledge source (.jsonl) the passages come from (default: the "
+                                "task's)")
+    passages: int = option(5, min=1, help="retrieved passages read per question (the top of the run)")
+    passage_words: int = option(100, min=1, help="words per passage, as the run's passages were cut")
+    passage_stride: int | None = option(None, min=1, help="words between passage starts (default: --passage-words)")
+    limit: int | None = option(None, min=1, help="read only this many questions (a seeded random subsample)")
+
+
+def check_reading(options: ReadingOptions) -> None:
+    """Refuse reading options without a task or a run, or with a stride beyond the passage size."""
+    for name in ("task", "run"):
+        if not getattr(options, name):
+            raise ConfigError(f"give {named(options, name)}")
+    if options.passage_stride is not None and options.passage_stride > options.passage_words:
+        raise ConfigError(f"{named(options, 'passage_stride')} {options.passage_stride} is above --passage-words "
+                          f"{options.passage_words}: words would be skipped")
+
+
+@dataclass
+class ReaderPredictConfig(ReadingOptions):
+    """One prediction run over a task."""
+
+    reader: str | None = option(None, help="reader folder (the final/ of `retromem read train`)")
+    output: str | None = option(None, help="KILT predictions file to write (.jsonl)")
+    provenance: int = option(5, min=1, help="pages of the run's ranking given as each prediction's provenance")
+    batch_size: int = option(16, min=1, help="questions read per forward pass")
+    device: str | None = option(None, help="torch device (default: cuda when available, else cpu)")
+    precision: str = option("auto", choices=("auto", "fp32", "bf16", "fp16"), help="auto: bf16 autocast on CPUs "
+                            "with native bf16 and on GPUs, else fp32")
+    show_progress: bool = option(True, cli=False, help="progress bar")
+
+    def validate(self) -> None:
+        check_reading(self)
+
+
+@dataclass
+class ReaderMemoryConfig(ReadingOptions):
+    """What ``retromem read memory`` builds."""
+
+    output: str | None = option(None, help="memory folder to write")
+    model: str = option(DEFAULT_MODEL, help="the encoder (the reader's)")
+    live_layers: int = option(2, min=0, flag="--k", metavar="K", help="the reader's live layers: the memory holds "
+                              "layer N - K of the encoder's N")
+    codec: str = option("fp16", help="codec of the memory: fp16, fp32, int8, binary, pq:bytes=48, ...")
+    force_gold: bool = option(False, help="add a gold passage of each question whose retrieved passages miss every "
+                              "gold page (as `read train` forces one in)")
+    precision: str = option("fp32", choices=("auto", "fp32", "bf16", "fp16"), help="precision of the encoder pass")
+    batch_size: int = option(32, min=1, help="passages per forward pass")
+    show_progress: bool = option(True, cli=False, help="progress bars")
+
+    def validate(self) -> None:
+        check_reading(self)
+        if not self.output:
+            raise ConfigError("give --output (the memory folder to write)")

@@ -1,0 +1,92 @@
+"""Reader commands end to end on a tiny KILT world: read memory -> read train -> read predict -> eval kilt, the
+reader inside eval kilt, and bad input (missing passages, labels the head cannot give, --k too large)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retromem.cli import main
+from retromem.eval.kilt import read_kilt_predictions
+from tests.read_fixtures import write_kilt_world
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return write_kilt_world(tmp_path_factory.mktemp("kilt-world"))
+
+
+@pytest.fixture(scope="module")
+def trained(world, tiny_model_dir, tmp_path_factory):
+    """A memory (layer 1 of 2, fp16) of the claims' passages with gold forced in, and a reader trained on it."""
+    root = tmp_path_factory.mktemp("reader")
+    memory = root / "memory"
+    common = ["--task", str(world["claims"]), "--run", str(world["claims_run"]), "--passages", "3"]
+    assert main(["read", "memory", *common, "--model", str(tiny_model_dir), "--k", "1", "--force-gold",
+                 "--output", str(memory)]) == 0
+    assert main(["read", "train", *common, "--memory", str(memory), "--model", str(tiny_model_dir), "--k", "1",
+                 "--output", str(root / "run"), "--max-steps", "3", "--batch-size", "4", "--precision", "fp32",
+                 "--logging-steps", "1"]) == 0
+    return {"memory": memory, "reader": root / "run" / "final", "common": common, "root": root}
+
+
+def test_predictions_are_written_and_scored_by_eval_kilt(world, trained, tmp_path, capsys):
+    out = tmp_path / "pred.jsonl"
+    assert main(["read", "predict", *trained["common"], "--memory", str(trained["memory"]), "--reader",
+                 str(trained["reader"]), "--output", str(out)]) == 0
+    assert "questions/s" in capsys.readouterr().out
+    predictions = read_kilt_predictions(out)
+    assert len(predictions) == 16 and {p.answer for p in predictions} <= {"SUPPORTS", "REFUTES"}
+    assert all(len(p.provenance) == 3 for p in predictions)  # the pages of the run's ranking
+    assert main(["eval", "kilt", "--task", str(world["claims"]), "--predictions", str(out), "--output",
+                 str(tmp_path / "scores")]) == 0
+    results = json.loads((tmp_path / "scores" / "results.json").read_text())
+    assert results["metrics"]["R-Prec"] > 0.3 and 0 <= results["metrics"]["accuracy"] <= 1
+
+
+def test_eval_kilt_with_a_reader_retrieves_reads_and_scores(world, trained, tiny_model_dir, tmp_path, capsys):
+    code = main(["eval", "kilt", "--task", str(world["claims"]), "--model", str(tiny_model_dir), "--precision", "fp32",
+                 "--workdir", str(tmp_path / "work"), "--output", str(tmp_path / "out"), "--reader",
+                 str(trained["reader"]), "--reader-passages", "3"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "reader" in printed and "accuracy" in printed
+    results = json.loads((tmp_path / "out" / "reader" / "results.json").read_text())
+    assert "kilt_ac" in results["metrics"]
+    assert results["metadata"]["memory"] == "computed for the retrieved passages"
+
+
+def test_bad_input_is_one_line_naming_what_is_wrong(world, trained, tiny_model_dir, tmp_path, capsys):
+    # a task whose labels the classification head cannot give
+    task = tmp_path / "other-labels.jsonl"
+    task.write_text("".join(json.dumps({"id": f"c{q}", "input": "x", "output": [{"answer": "NOT ENOUGH INFO"}]})
+                            + "\n" for q in range(16)))
+    assert main(["read", "predict", "--task", str(task), "--corpus", str(world["source"]), "--run",
+                 str(world["claims_run"]), "--memory", str(trained["memory"]), "--reader", str(trained["reader"]),
+                 "--output", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "16 question(s) have answers the reader's classification head cannot give (NOT ENOUGH INFO" in err
+    # --k beyond the encoder's layers
+    assert main(["read", "train", *trained["common"], "--model", str(tiny_model_dir), "--k", "5", "--output",
+                 str(tmp_path / "k5")]) == 2
+    assert "--k 5: the encoder" in capsys.readouterr().err
+    # a reader folder that is none, refused before any retrieval
+    with pytest.raises(SystemExit):
+        main(["eval", "kilt", "--task", str(world["claims"]), "--reader", str(tmp_path)])
+    assert "not a reader folder" in capsys.readouterr().err
+
+
+def test_retrieved_passages_missing_from_the_memory_are_named_and_counted(world, trained, tiny_model_dir, tmp_path,
+                                                                          capsys):
+    small = tmp_path / "small-memory"
+    run = tmp_path / "one.run"
+    run.write_text("".join(f"c{q} Q0 P0#0 1 9 t\n" for q in range(16)))
+    assert main(["read", "memory", "--task", str(world["claims"]), "--run", str(run), "--passages", "1",
+                 "--model", str(tiny_model_dir), "--k", "1", "--output", str(small)]) == 0
+    assert main(["read", "predict", *trained["common"], "--memory", str(small), "--reader", str(trained["reader"]),
+                 "--output", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "retrieved passages are not in" in err and str(small) in err and "P1#0" in err
