@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retromem.errors import ConfigError
 from retromem.eval.kilt import KiltScores, score_kilt
 from retromem.eval.kilt_report import write_kilt_results
 from retromem.read.checkpoint import load_reader
@@ -40,9 +39,6 @@ def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | 
     reader in ``reader_dir`` over its ranked passages; score and write the results (``output_dir``, default
     ``<retrieval results>/reader``)."""
     started = time.perf_counter()
-    if retrieval.corpus.kind != "kilt":
-        raise ConfigError("a reader reads passages of a KILT knowledge source (ids <wikipedia_id>#<i>); "
-                          f"{retrieval.corpus.path} is a BEIR corpus")
     reader = load_reader(reader_dir, device or "cpu")
     out = Path(output_dir) if output_dir else retrieval.results_path.parent / "reader"
     words = retrieval.metadata.get("passages", {})

@@ -9,10 +9,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from retromem.data.corpora import Corpus, open_corpus
 from retromem.data.kilt import KiltExample, KiltTask, read_kilt_task, resolve_kilt_task
-from retromem.data.kilt_source import iter_kilt_passages, passage_page
+from retromem.data.kilt_source import passage_page
 from retromem.data.passage import Passage
 from retromem.errors import DataError, MissingDataError
+from retromem.io import read_json
 from retromem.retrieve.runfile import Run, ranked_docs, read_trec_run
 
 log = logging.getLogger(__name__)
@@ -39,35 +41,40 @@ class ReadingSet:
     examples: list[KiltExample]
     questions: list[Question]
     passages: dict[str, Passage]
-    source: Path
+    source: Corpus
     forced: int = 0
 
 
 def reading_set(options, seed: int = 0, force_gold: bool = False, run: Run | None = None) -> ReadingSet:
-    """The questions of ``options.task`` (a seeded subsample of ``options.limit``) with the top
-    ``options.passages`` of ``options.run`` (or ``run``), a gold passage forced in when ``force_gold``."""
+    """The questions of ``options.task`` (``options.limit`` of them drawn with ``seed``) with the top
+    ``options.passages`` of ``options.run`` (or ``run``), a gold passage forced in when ``force_gold``.
+
+    The passages come from ``options.corpus`` (a KILT knowledge source, cut as the run's passages were, or a BEIR
+    corpus whose document ids are the page ids; default: the task's knowledge source)."""
     task = resolve_kilt_task(options.task)
-    source = Path(options.corpus) if options.corpus else task.source_path
-    if source is None or not Path(source).is_file():
+    spec = options.corpus or task.source_path
+    if spec is None:
         raise MissingDataError(f"no knowledge source for {options.task}: give --corpus (the task's "
-                               "knowledge_source.jsonl)")
+                               "knowledge_source.jsonl, or a corpus name such as scifact-kilt)")
+    corpus = open_corpus(spec, options.passage_words, options.passage_stride)
     examples = subsample(read_kilt_task(task.path), options.limit, seed)
-    run = run if run is not None else read_trec_run(options.run)
-    retrieved = top_passages(run, examples, options.passages, options.run)
+    run_path = resolve_run(options.run) if run is None else options.run
+    run = run if run is not None else read_trec_run(run_path)
+    retrieved = top_passages(run, examples, options.passages, run_path)
     gold_pages = set().union(*(e.gold_pages() for e in examples)) if force_gold else set()
     wanted = {pid for ids in retrieved.values() for pid in ids}
-    passages, by_page = source_passages(source, options.passage_words, options.passage_stride, wanted, gold_pages)
+    passages, by_page = source_passages(corpus, wanted, gold_pages)
     missing = sorted(wanted - set(passages))
     if missing:
-        raise DataError(f"{len(missing)} retrieved passages are not in the knowledge source {source} (e.g. "
-                        f"{', '.join(missing[:_NAMED])})", options.run,
-                        fix="search the same knowledge source, cut into the same --passage-words/--passage-stride")
+        raise DataError(f"{len(missing)} retrieved passages are not in the corpus {corpus.path} (e.g. "
+                        f"{', '.join(missing[:_NAMED])})", run_path,
+                        fix="search the same corpus, cut into the same --passage-words/--passage-stride (--corpus)")
     questions, forced = [], 0
     for example in examples:
         ids = list(retrieved[example.id])
         gold = example.gold_pages()
         was_forced = False
-        if force_gold and gold and not any(passages[i].page_id in gold for i in ids):
+        if force_gold and gold and not any(page_of(i, passages) in gold for i in ids):
             chosen = gold_passage(example, by_page)
             if chosen is not None:
                 ids = ids[:options.passages - 1] + [chosen.id]
@@ -76,7 +83,23 @@ def reading_set(options, seed: int = 0, force_gold: bool = False, run: Run | Non
                 was_forced = True
         questions.append(Question(example.id, example.input, tuple(ids), tuple(a for a in example.answers if a.strip()),
                                   frozenset(gold), was_forced))
-    return ReadingSet(task, examples, questions, passages, Path(source), forced)
+    return ReadingSet(task, examples, questions, passages, corpus, forced)
+
+
+def resolve_run(run: str | Path) -> Path:
+    """A run file, or the results folder of ``retromem eval kilt`` (its results.json names the run it scored)."""
+    path = Path(run)
+    if path.is_dir():
+        results = path / "results.json"
+        if not results.is_file():
+            raise MissingDataError(f"--run {path} is a folder without results.json: give a TREC run file, or the "
+                                   "--output folder of `retromem eval kilt`")
+        metadata = read_json(results).get("metadata", {})
+        if not metadata.get("run_file"):
+            raise DataError("names no run file (scored from --predictions?)", results,
+                            fix="give the TREC run file itself")
+        return Path(metadata["run_file"])
+    return path
 
 
 def subsample(examples: Sequence[KiltExample], limit: int | None, seed: int) -> list[KiltExample]:
@@ -103,16 +126,18 @@ def top_passages(run: Run, examples: Iterable[KiltExample], k: int, where: str |
     return out
 
 
-def source_passages(path: str | Path, words: int, stride: int | None, ids: set[str], pages: set[str]
+def source_passages(corpus: Corpus, ids: set[str], pages: set[str]
                     ) -> tuple[dict[str, Passage], dict[str, list[Passage]]]:
-    """The passages ``ids`` of a knowledge source, and every passage of ``pages`` by page (one pass)."""
+    """The passages ``ids`` of a corpus, and every passage of ``pages`` by page (one pass; a BEIR document is
+    its own page)."""
     found: dict[str, Passage] = {}
     by_page: dict[str, list[Passage]] = {}
-    for passage in iter_kilt_passages(path, words, stride):
+    for passage in corpus.passages():
         if passage.id in ids:
             found[passage.id] = passage
-        if passage.page_id in pages:
-            by_page.setdefault(passage.page_id, []).append(passage)
+        page = passage.page_id or passage.id
+        if page in pages:
+            by_page.setdefault(page, []).append(passage)
     return found, by_page
 
 

@@ -22,12 +22,14 @@ class ReadingOptions:
     memory: str | None = option(None, help="token-memory folder holding those passages at the reader's layer "
                                 "(`retromem read memory`); not needed with --k equal to the encoder's layers "
                                 "(full re-encoding reads the text)")
-    corpus: str | None = option(None, help="the knowledge source (.jsonl) the passages come from (default: the "
-                                "task's)")
+    corpus: str | None = option(None, help="the corpus the run's passages come from: a KILT knowledge source (.jsonl "
+                                "or a name: scifact-kilt, squad-kilt) cut as the run's passages were, or a BEIR corpus "
+                                "(scifact) whose document ids are the page ids (default: the task's knowledge source)")
     passages: int = option(5, min=1, help="retrieved passages read per question (the top of the run)")
     passage_words: int = option(100, min=1, help="words per passage, as the run's passages were cut")
     passage_stride: int | None = option(None, min=1, help="words between passage starts (default: --passage-words)")
-    limit: int | None = option(None, min=1, help="read only this many questions (a seeded random subsample)")
+    limit: int | None = option(None, min=1, help="read only this many questions (a fixed random subsample, seed 0, the "
+                              "same for every command)")
 
 
 def check_reading(options: ReadingOptions) -> None:

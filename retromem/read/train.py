@@ -35,7 +35,7 @@ from retromem.read.checkpoint import WEIGHTS_FILE, memory_info, require_memory, 
 from retromem.read.memory import PassageReader
 from retromem.read.memory_open import open_memory
 from retromem.read.model import MemoryReader
-from retromem.read.questions import Question, ReadingSet, reading_set
+from retromem.read.questions import Question, ReadingSet, reading_set, resolve_run
 from retromem.read.reader_config import ReaderSpec
 from retromem.read.span import find_answer_span
 from retromem.read.train_config import ReaderTrainConfig
@@ -55,7 +55,7 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
     model_path = resolve_model_path(config.model)
     layers = encoder_layers(model_path)
     check_k(config.live_layers, layers, config.model)
-    data = reading_set(config, seed=config.seed, force_gold=config.force_gold)
+    data = reading_set(config, force_gold=config.force_gold)
     head = choose_head(config.head, data)
     labels = task_labels(data) if head == "classification" else []
     spec = ReaderSpec(encoder=config.model, num_layers=layers, live_layers=config.live_layers, head=head,
@@ -248,7 +248,7 @@ def _refuse_inexpressible(spec: ReaderSpec, collator: ReadingCollator, data: Rea
 
 def _data_key(config: ReaderTrainConfig, memory_meta: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    for path in (config.task, config.run, config.corpus):
+    for path in (config.task, resolve_run(config.run), config.corpus):
         digest.update(str(file_digest(path) if path and Path(path).is_file() else path).encode())
     digest.update(json.dumps(memory_meta, sort_keys=True, default=str).encode())
     digest.update(f"{config.passage_words}/{config.passage_stride}".encode())
