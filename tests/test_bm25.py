@@ -265,6 +265,13 @@ def test_index_search_and_eval_commands(tiny, tiny_model_dir, tmp_path, capsys):
     assert "chosen on the train split's 2 queries by NDCG@10, not on test" in printed
     assert main([*hybrid, "--fusion", "rrf"]) == 0
     assert "RRF k=60" in capsys.readouterr().out
+    assert main([*hybrid, "--fusion", "all"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "NDCG" not in line]
+    assert len(rows) == 4 and rows[0].startswith("| BM25 flat |") and "RRF k=60" in rows[2] and "alpha=" in rows[3]
+    assert main([*hybrid, "--fusion", "rrf", "--alpha", "0.3"]) == 2
+    assert "--alpha would not be used with --method hybrid --fusion rrf" in capsys.readouterr().err
+    assert main([*base, "--k1", "1.2"]) == 2
+    assert "--k1 would not be used with --method dense" in capsys.readouterr().err
     assert main([*hybrid, "--fusion", "interpolate", "--alpha-split", "test"]) == 2
     assert "is the split evaluated" in capsys.readouterr().err
 

@@ -572,3 +572,102 @@ def test_eval_kilt_bad_predictions(lines, fragments, kilt_files, capsys):
 def test_eval_kilt_predictions_refuse_retrieval_options(extra, kilt_files, capsys):
     one_line_error(capsys, main(["eval", "kilt", "--task", str(kilt_files["task"]), "--predictions",
                                  str(kilt_files["preds"]), *extra]), extra[0], "would not be used")
+
+
+# --- BM25, hybrid and fuse (issue 12) ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def bm25_index(tiny_beir, tmp_path, capsys):
+    index = tmp_path / "bm25"
+    assert main(["index", "bm25", "--corpus", str(tiny_beir), "--output", str(index), "--threads", "1"]) == 0
+    capsys.readouterr()
+    return index
+
+
+BM25_DOCUMENTED_SUCCESS = {
+    "--k1": "any saturation k1 >= 0 is a BM25 (huge: term frequency counts almost linearly)",
+    "--top-k": "a query gets at most every document",
+    "--fusion-depth": "each searcher gives at most every document",
+    "--rrf-k": "a huge RRF constant still ranks by the sum of 1 / (k + rank)",
+    "--passage-words": "a passage never holds more words than its page",
+}
+
+
+#: 0 is a meaningful value of these: k1 = 0 scores term presence only, b = 0 no length normalisation, RRF k = 0
+BM25_ZERO_ALLOWED = ("--k1", "--b", "--rrf-k")
+
+
+def _bm25_commands(tiny_beir, tiny_model_dir, index, out: Path) -> dict[tuple[str, ...], list[str]]:
+    return {
+        ("index", "bm25"): ["index", "bm25", "--corpus", str(tiny_beir), "--output", str(out)],
+        ("search", "bm25"): ["search", "--method", "bm25", "--index", str(index), "--queries", str(tiny_beir),
+                             "--output", str(out / "run.trec")],
+        ("eval", "beir", "bm25"): ["eval", "beir", "--dataset", str(tiny_beir), "--method", "bm25", "--workdir",
+                                   str(out.parent / "work"), "--output", str(out)],
+        ("fuse",): ["fuse", str(index.parent / "a.trec"), str(index.parent / "a.trec"), "--output",
+                    str(out / "run.trec")],
+    }
+
+
+BM25_SWEPT = [(("index", "bm25"), o) for o in ("--threads", "--memory-buffer", "--passage-words")] + \
+    [(("search", "bm25"), o) for o in ("--top-k", "--k1", "--b", "--search-threads")] + \
+    [(("eval", "beir", "bm25"), o) for o in ("--top-k", "--k1", "--b", "--search-threads", "--threads")] + \
+    [(("fuse",), o) for o in ("--top-k", "--rrf-k")]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", str(HUGE)], ids=["zero", "negative", "huge"])
+@pytest.mark.parametrize("path, option", BM25_SWEPT, ids=lambda x: " ".join(x) if isinstance(x, tuple) else x)
+def test_bm25_numeric_options_at_zero_negative_and_huge(path, option, value, bm25_index, tiny_beir, tiny_model_dir,
+                                                        tmp_path, capsys):
+    (bm25_index.parent / "a.trec").write_text("q0 Q0 doc0 1 1.0 x\n")
+    out = tmp_path / "sweep-out"
+    code = main([*_bm25_commands(tiny_beir, tiny_model_dir, bm25_index, out)[path], option, value])
+    if value == str(HUGE) and option in BM25_DOCUMENTED_SUCCESS or value == "0" and option in BM25_ZERO_ALLOWED:
+        err = capsys.readouterr().err
+        assert code == 0 and "Traceback" not in err, err[-2000:]
+        return
+    one_line_error(capsys, code, option)
+    assert not (out / "run.trec").exists() and not (out / "bm25.json").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["index", "bm25", "--corpus", "{beir}", "--output", "{index}", "--multifield"], ["another BM25 index",
+                                                                                      "not multifield"]),
+    (["index", "bm25", "--corpus", "{tmp}/nowhere.jsonl", "--output", "{tmp}/x"], ["nowhere.jsonl"]),
+    (["index", "bm25", "--corpus", "{beir}", "--output", "{tmp}/x", "--jvm-heap", "lots"], ["--jvm-heap"]),
+    (["search", "--method", "bm25", "--index", "{tmp}", "--queries", "{beir}", "--output", "{tmp}/r.trec"],
+     ["not a BM25 index", "retromem index bm25"]),
+    (["search", "--method", "bm25", "--index", "{index}", "--queries", "{beir}", "--output", "{tmp}/r.trec",
+      "--model", "minilm"], ["--model would not be used with --method bm25"]),
+    (["search", "--method", "hybrid", "--index", "{index}", "--queries", "{beir}", "--output", "{tmp}/r.trec"],
+     ["--bm25-index"]),
+    (["search", "--index", "{index}", "--queries", "{beir}", "--output", "{tmp}/r.trec", "--bm25-index", "{index}"],
+     ["--bm25-index would not be used with --method dense"]),
+    (["eval", "beir", "--dataset", "{beir}", "--method", "bm25", "--run", "{tmp}/a.trec"], ["--run"]),
+    (["eval", "beir", "--dataset", "{beir}", "--method", "bm25", "--fusion", "interpolate"],
+     ["--fusion would not be used with --method bm25"]),
+    (["eval", "beir", "--dataset", "{beir}", "--method", "hybrid", "--fusion", "interpolate", "--alpha-split",
+      "nosuch", "--model", "{model}", "--workdir", "{tmp}/w"], ["no 'nosuch' split to choose alpha on", "--alpha"]),
+    (["fuse", "{tmp}/a.trec", "--output", "{tmp}/f.trec"], ["two or more run files"]),
+    (["fuse", "{tmp}/a.trec", "{tmp}/a.trec", "--method", "interpolate", "--output", "{tmp}/f.trec"], ["--alpha"]),
+    (["fuse", "{tmp}/a.trec", "{tmp}/a.trec", "--alpha", "0.5", "--output", "{tmp}/f.trec"], ["--rrf-k"]),
+    (["fuse", "{tmp}/a.trec", "{tmp}/a.trec", "--method", "interpolate", "--alpha", "2", "--output", "{tmp}/f.trec"],
+     ["--alpha", "[0, 1]"]),
+    (["fuse", "{tmp}/a.trec", "{tmp}/bad.trec", "--output", "{tmp}/f.trec"], ["bad.trec:1:", "expected 6 columns"]),
+    (["fuse", "{tmp}/a.trec", "{tmp}/none.trec", "--output", "{tmp}/f.trec"], ["none.trec"]),
+])
+def test_bm25_bad_input_is_one_line(args, fragments, bm25_index, tiny_beir, tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "a.trec").write_text("q0 Q0 doc0 1 1.0 x\n")
+    (tmp_path / "bad.trec").write_text("q0 doc0 1\n")
+    values = {"beir": str(tiny_beir), "index": str(bm25_index), "tmp": str(tmp_path), "model": str(tiny_model_dir)}
+    code = main([a.format(**values) for a in args])
+    one_line_error(capsys, code, *fragments)
+
+
+def test_bm25_empty_corpus_is_refused_and_leaves_no_index(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("")
+    one_line_error(capsys, main(["index", "bm25", "--corpus", str(corpus), "--output", str(tmp_path / "idx")]),
+                   "corpus.jsonl", "empty")  # the library's own refusal, "the corpus holds no passages", in test_bm25
+    assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx.tmp-*"))

@@ -52,8 +52,9 @@ def refuse_unused(args, method: str, index_options: bool) -> None:
         unused = fusion + dense + (["--bm25-index"] if not index_options else [])
     else:
         fusion_kind = getattr(args, "fusion", "rrf")
-        unused = ["--alpha", "--alpha-split", "--normalization"] if fusion_kind == "rrf" else ["--rrf-k"]
-        if fusion_kind == "interpolate" and getattr(args, "alpha", None) is not None:
+        unused = {"rrf": ["--alpha", "--alpha-split", "--normalization"],
+                  "interpolate": ["--rrf-k"]}.get(fusion_kind, [])
+        if fusion_kind != "rrf" and getattr(args, "alpha", None) is not None:
             unused.append("--alpha-split")
     found = sorted({f for f in unused if f in given})
     if found:
@@ -83,7 +84,7 @@ def run(args, start: float) -> int:
     if not metrics:
         metrics = [f"{family}@{k}" for k in result.scores.k_values[:3] for family in ("NDCG", "Recall")]
     print(f"\nBEIR {result.metadata['dataset']} ({args.split}, {result.scores.num_queries} queries)\n")
-    print(format_markdown_table({system: result.scores.mean}, metrics=metrics))
+    print(format_markdown_table(result.metadata.get("rows") or {system: result.scores.mean}, metrics=metrics))
     chosen = result.metadata.get("alpha_chosen_on")
     if chosen:
         tried = ", ".join(f"{a} {s:.4f}" for a, s in chosen["scores"].items())

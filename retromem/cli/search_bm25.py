@@ -54,6 +54,9 @@ def run(args, queries: dict[str, str]) -> int:
         if args.bm25_index is None:
             raise ConfigError("--method hybrid needs --bm25-index (a BM25 index of the corpus the FAISS --index holds)")
         fusion = config_from_args(FusionConfig, args)
+        if fusion.fusion == "all":
+            raise ConfigError("--fusion all is for `eval beir` (it scores each fusion); search writes one run: "
+                              "give --fusion rrf or --fusion interpolate")
         if fusion.fusion == "interpolate" and fusion.alpha is None:
             raise ConfigError("--fusion interpolate needs --alpha here (choose it on train queries, e.g. with "
                               "`retromem eval beir --method hybrid`, which reports the one it chose)")

@@ -40,14 +40,17 @@ EVAL_METHODS = ("dense", "bm25", "hybrid")
 #: The alphas tried on the tuning split (weight of BM25 in the interpolation).
 ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 TUNING_METRIC = "NDCG@10"
+#: Documents per query each searcher gives the tuning fusions (nDCG@10 needs the fused top 10 only; a document
+#: below rank 100 in both runs does not reach it under min-max or z-score). Keeps choosing alpha a few seconds.
+TUNING_DEPTH = 100
 
 
 @dataclass
 class FusionConfig:
     """How ``hybrid`` fuses BM25 (first) and the dense run (second)."""
 
-    fusion: str = option("rrf", choices=FUSIONS, help="hybrid: reciprocal rank fusion, or normalised score "
-                         "interpolation")
+    fusion: str = option("rrf", choices=(*FUSIONS, "all"), help="hybrid: reciprocal rank fusion, normalised score "
+                         "interpolation, or all (both, each scored, beside BM25 and the dense run alone)")
     alpha: float | None = option(None, min=0.0, max=1.0, help="hybrid interpolation: the weight of BM25 (1 - alpha "
                                  "for dense); default: chosen on --alpha-split queries by NDCG@10")
     alpha_split: str = option("train", help="hybrid interpolation: the split whose queries choose alpha (never the "
@@ -75,7 +78,7 @@ class HybridEvalConfig:
     def __post_init__(self) -> None:
         if self.method not in ("bm25", "hybrid"):
             raise ConfigError(f"method (--method) must be bm25 or hybrid here, got {self.method!r}")
-        if self.method == "hybrid" and self.fusion.fusion == "interpolate" and self.fusion.alpha is None \
+        if self.method == "hybrid" and self.fusion.fusion in ("interpolate", "all") and self.fusion.alpha is None \
                 and self.fusion.alpha_split == self.beir.split:
             raise ConfigError(f"--alpha-split {self.fusion.alpha_split} is the split evaluated: alpha is chosen on "
                               "other queries (e.g. --alpha-split train), or give --alpha")
@@ -125,33 +128,48 @@ def evaluate_bm25_beir(config: HybridEvalConfig) -> BeirEvalResult:
 
     fusion = config.fusion
     alpha = fusion.alpha
-    if fusion.fusion == "interpolate" and alpha is None:
+    kinds = FUSIONS if fusion.fusion == "all" else (fusion.fusion,)
+    if "interpolate" in kinds and alpha is None:
         clock = time.perf_counter()
         alpha, tried = choose_alpha(dataset, searcher, dense, config)
         timings["choose alpha"] = time.perf_counter() - clock
         metadata["alpha_chosen_on"] = {"split": fusion.alpha_split, "metric": TUNING_METRIC, "scores": tried,
-                                       "queries": tried.pop("_queries")}
-    clock = time.perf_counter()
-    run = fuse([bm25_run, dense_run], fusion.fusion, k=beir.top_k + int(beir.ignore_identical_ids),
-               alpha=alpha if alpha is not None else 0.5, normalization=fusion.normalization, rrf_k=fusion.rrf_k)
-    run = _cut(run, beir.top_k, beir.ignore_identical_ids)
-    timings["fuse"] = time.perf_counter() - clock
-    label = f"RRF k={fusion.rrf_k}" if fusion.fusion == "rrf" else f"interpolation alpha={alpha} {fusion.normalization}"
-    metadata.update(model=f"BM25 + {beir.encoder.model} ({label})", fusion=fusion.fusion, alpha=alpha,
-                    normalization=fusion.normalization, rrf_k=fusion.rrf_k, fusion_depth=fusion.fusion_depth,
-                    dense_workdir=str(dense_work), workdir=str(dense_work))
-    name = slug(f"hybrid-{fusion.fusion}-{run_name}-{_fusion_key(fusion, alpha)}")
-    run_path = write_trec_run(run, dense_work / "runs" / f"{name}.trec", tag="retromem-hybrid")
-    metadata["run_file"] = str(run_path)
-    output_dir = Path(beir.output_dir) if beir.output_dir else dense_work / "results" / name
-    scores, results_path = _score(dataset, run, beir, output_dir, metadata, timings)
-    return BeirEvalResult(scores=scores, results_path=results_path, run_path=run_path, workdir=dense_work,
-                          timings=timings, reused=reused, report=dataset.report, metadata=metadata)
+                                       "queries": tried.pop("_queries"), "depth": min(fusion.fusion_depth,
+                                                                                      TUNING_DEPTH)}
+    # the two systems fused, scored alone (cheap: their runs are here), so the output compares like with like
+    rows = {}
+    for label, part in ((metadata["model"], bm25_run), (str(beir.encoder.model), dense_run)):
+        rows[label] = evaluate(dataset.qrels, _cut(part, beir.top_k, beir.ignore_identical_ids),
+                               k_values=beir.k_values, ignore_identical_ids=beir.ignore_identical_ids).mean
+    metadata.update(bm25_model=metadata["model"], fusion_depth=fusion.fusion_depth, dense_workdir=str(dense_work),
+                    workdir=str(dense_work), normalization=fusion.normalization, rrf_k=fusion.rrf_k)
+    result = None
+    for kind in kinds:
+        clock = time.perf_counter()
+        run = fuse([bm25_run, dense_run], kind, k=beir.top_k + int(beir.ignore_identical_ids),
+                   alpha=alpha if alpha is not None else 0.5, normalization=fusion.normalization, rrf_k=fusion.rrf_k)
+        run = _cut(run, beir.top_k, beir.ignore_identical_ids)
+        timings[f"fuse {kind}"] = time.perf_counter() - clock
+        label = f"RRF k={fusion.rrf_k}" if kind == "rrf" else f"interpolation alpha={alpha} {fusion.normalization}"
+        meta = dict(metadata, model=f"BM25 + {beir.encoder.model} ({label})", fusion=kind,
+                    alpha=alpha if kind == "interpolate" else None)
+        name = slug(f"hybrid-{kind}-{run_name}-{_fusion_key(fusion, kind, alpha)}")
+        run_path = write_trec_run(run, dense_work / "runs" / f"{name}.trec", tag="retromem-hybrid")
+        meta["run_file"] = str(run_path)
+        output_dir = Path(beir.output_dir) / kind if beir.output_dir and len(kinds) > 1 else \
+            Path(beir.output_dir) if beir.output_dir else dense_work / "results" / name
+        scores, results_path = _score(dataset, run, beir, output_dir, meta, timings)
+        rows[meta["model"]] = scores.mean
+        result = BeirEvalResult(scores=scores, results_path=results_path, run_path=run_path, workdir=dense_work,
+                                timings=timings, reused=reused, report=dataset.report, metadata=meta)
+    result.metadata["rows"] = rows
+    return result
 
 
 def choose_alpha(dataset: BeirDataset, bm25: BM25Searcher, dense, config: HybridEvalConfig) -> tuple[float, dict]:
     """The alpha of :data:`ALPHA_GRID` with the best nDCG@10 on ``config.fusion.alpha_split``'s queries (ties: the
-    one nearest 0.5), and ``{alpha: score}`` of all tried (plus ``_queries``, how many)."""
+    one nearest 0.5), the runs searched :data:`TUNING_DEPTH` deep, and ``{alpha: score}`` of all tried (plus
+    ``_queries``, how many)."""
     fusion, beir = config.fusion, config.beir
     if fusion.alpha_split == beir.split:
         raise ConfigError(f"alpha must be chosen on another split than the one evaluated ({beir.split})")
@@ -160,11 +178,12 @@ def choose_alpha(dataset: BeirDataset, bm25: BM25Searcher, dense, config: Hybrid
     except MissingDataError as err:
         raise ConfigError(f"no {fusion.alpha_split!r} split to choose alpha on ({err}); give --alpha, or "
                           "another --alpha-split") from err
-    depth = fusion.fusion_depth
+    depth = min(fusion.fusion_depth, TUNING_DEPTH)
     runs = [_search(s, tuning.queries, depth, beir.ignore_identical_ids) for s in (bm25, dense)]
     tried: dict = {}
     for alpha in ALPHA_GRID:
-        fused = fuse(runs, "interpolate", k=depth, alpha=alpha, normalization=fusion.normalization)
+        fused = fuse(runs, "interpolate", k=10 + int(beir.ignore_identical_ids), alpha=alpha,
+                     normalization=fusion.normalization)
         scores = evaluate(tuning.qrels, fused, k_values=(10,), ignore_identical_ids=beir.ignore_identical_ids)
         tried[str(alpha)] = scores.mean[TUNING_METRIC]
     best = max(ALPHA_GRID, key=lambda a: (round(tried[str(a)], 10), -abs(a - 0.5)))
@@ -222,8 +241,8 @@ def bm25_run_key(config: HybridEvalConfig) -> str:
     return name
 
 
-def _fusion_key(fusion: FusionConfig, alpha: float | None) -> str:
-    if fusion.fusion == "rrf":
+def _fusion_key(fusion: FusionConfig, kind: str, alpha: float | None) -> str:
+    if kind == "rrf":
         return f"k{fusion.rrf_k}-depth{fusion.fusion_depth}"
     return f"alpha{alpha}-{fusion.normalization}-depth{fusion.fusion_depth}"
 
