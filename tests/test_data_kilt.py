@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from retromem.data.corpora import open_corpus
-from retromem.data.kilt import (Provenance, check_provenance, read_kilt_task, resolve_kilt_source,
-                                resolve_kilt_task)
+from retromem.data.kilt import Provenance, check_provenance, read_kilt_task, resolve_kilt_source, resolve_kilt_task
 from retromem.data.kilt_source import iter_kilt_passages, passage_page
 from retromem.errors import ConfigError, DataError, MissingDataError
 
@@ -28,7 +27,8 @@ def words(prefix: str, n: int) -> str:
 @pytest.fixture
 def source(tmp_path):
     return write_jsonl(tmp_path / "ks.jsonl", [
-        {"wikipedia_id": "7", "wikipedia_title": "Seven", "text": ["Seven", words("a", 6), words("b", 3), words("c", 4)]},
+        {"wikipedia_id": "7", "wikipedia_title": "Seven",
+         "text": ["Seven", words("a", 6), words("b", 3), words("c", 4)]},
         {"wikipedia_id": 8, "wikipedia_title": "Eight", "text": ["Eight"]},
         {"wikipedia_id": "9", "text": ["Nine title", "x y"]},
     ])
@@ -154,8 +154,9 @@ def test_read_kilt_task_errors(tmp_path):
 
 def test_provenance_without_paragraphs_and_missing_pages(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [
-        {"id": "a", "input": "?", "output": [{"answer": "x", "provenance": [{"wikipedia_id": "1"}]},
-                                              {"answer": "y", "provenance": [{"wikipedia_id": "2"}, {"wikipedia_id": "3"}]}]},
+        {"id": "a", "input": "?", "output": [
+            {"answer": "x", "provenance": [{"wikipedia_id": "1"}]},
+            {"answer": "y", "provenance": [{"wikipedia_id": "2"}, {"wikipedia_id": "3"}]}]},
         {"id": "b", "input": "?", "output": [{"answer": "z", "provenance": [{"wikipedia_id": "4", "title": "Four"}]}]},
         {"id": "c", "input": "?", "output": [{"answer": "w"}]},
     ])

@@ -16,8 +16,16 @@ import pytest
 
 from retromem.data.kilt import KiltExample, Provenance, read_kilt_task
 from retromem.errors import ConfigError, DataError
-from retromem.eval.kilt import (KiltPrediction, answer_scores, normalize_answer, read_kilt_predictions, rouge_l,
-                                score_kilt, token_f1, write_kilt_predictions)
+from retromem.eval.kilt import (
+    KiltPrediction,
+    answer_scores,
+    normalize_answer,
+    read_kilt_predictions,
+    rouge_l,
+    score_kilt,
+    token_f1,
+    write_kilt_predictions,
+)
 
 OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "kilt" / "official"
 SEED = 14

@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
-
 from retromem.data.corpora import open_corpus
-from retromem.eval.kilt import read_kilt_predictions
-from retromem.eval.kilt_pipeline import (SEARCHERS, KiltEvalConfig, SearchSetup, evaluate_kilt,
-                                         pages_in_rank_order, ranked_passages)
 from retromem.errors import ConfigError
+from retromem.eval.kilt import read_kilt_predictions
+from retromem.eval.kilt_pipeline import (
+    SEARCHERS,
+    KiltEvalConfig,
+    SearchSetup,
+    evaluate_kilt,
+    pages_in_rank_order,
+    ranked_passages,
+)
 from retromem.index.encoder import EncoderConfig
 
 from .conftest import WORDS
@@ -26,8 +31,8 @@ def write_jsonl(path: Path, rows) -> Path:
 
 @pytest.fixture
 def tiny_kilt(tmp_path):
-    """8 pages of 2-4 paragraphs; each question (every other passage) is a passage's own text (title first, as it is encoded), so even
-    a random encoder finds it first; one question's gold names a page the source lacks."""
+    """8 pages of 2-4 paragraphs; each question (every other passage) is a passage's own text (title first, as
+    it is encoded), so even a random encoder finds it first; one question's gold names a page the source lacks."""
     rng = random.Random(0)
     pages = []
     for i in range(8):
@@ -189,7 +194,8 @@ def test_a_beir_corpus_as_source_reuses_eval_beirs_embeddings(tiny_beir, tiny_st
     task = write_jsonl(tmp_path / "tiny-kilt.jsonl", [
         {"id": q["_id"], "input": q["text"], "output": [
             {"answer": "SUPPORTS", "provenance": [{"wikipedia_id": f"doc{3 * i}"}]},
-            {"answer": "SUPPORTS", "provenance": [{"wikipedia_id": f"doc{3 * i + 1}"}]}]} for i, q in enumerate(queries)])
+            {"answer": "SUPPORTS", "provenance": [{"wikipedia_id": f"doc{3 * i + 1}"}]}]}
+        for i, q in enumerate(queries)])
     result = evaluate_kilt(KiltEvalConfig(task=str(task), source=str(tiny_beir), encoder=encoder,
                                           workdir=tmp_path / "w", top_k=10))
     assert result.reused == ["embeddings", "index"] and result.work == beir.workdir

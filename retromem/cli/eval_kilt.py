@@ -13,8 +13,14 @@ import importlib.util
 import time
 from pathlib import Path
 
-from retromem.cli.common import add_command, add_encoder_options, add_index_options, check_output_folder, \
-    encoder_config, index_config
+from retromem.cli.common import (
+    add_command,
+    add_encoder_options,
+    add_index_options,
+    check_output_folder,
+    encoder_config,
+    index_config,
+)
 from retromem.cli.options import add_options, values_from_args
 from retromem.eval.kilt_pipeline import KiltEvalConfig
 from retromem.options import flag

@@ -182,7 +182,8 @@ def _read_example(obj: dict, path: Path, lineno: int) -> KiltExample:
     if isinstance(example_id, int) and not isinstance(example_id, bool):
         example_id = str(example_id)
     if not isinstance(example_id, str) or not example_id.strip():
-        raise DataError("missing or empty 'id'", path, lineno, 'each line needs {"id": ..., "input": ..., "output": [...]}')
+        raise DataError("missing or empty 'id'", path, lineno,
+                        'each line needs {"id": ..., "input": ..., "output": [...]}')
     example_id = example_id.strip()   # KILT compares ids stripped
     text = obj.get("input")
     if not isinstance(text, str):
@@ -218,6 +219,7 @@ def read_provenance(entry: object, path: Path, lineno: int, example_id: str) -> 
     for key in ("start_paragraph_id", "end_paragraph_id", "start_character", "end_character"):
         value = entry.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise DataError(f"example {example_id!r}: provenance {key!r} must be an integer, got {value!r}", path, lineno)
+            raise DataError(f"example {example_id!r}: provenance {key!r} must be an integer, got {value!r}",
+                            path, lineno)
         positions[key] = value
     return Provenance(wikipedia_id=page, title=title if isinstance(title, str) else None, **positions)

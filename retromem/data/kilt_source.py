@@ -67,7 +67,7 @@ def read_page(obj: dict, path: Path, lineno: int) -> tuple[str, str, list[str]]:
         page_id = str(page_id)
     if not isinstance(page_id, str) or not page_id:
         raise DataError("missing or empty 'wikipedia_id'", path, lineno,
-                        'each line needs {"wikipedia_id": ..., "wikipedia_title": ..., "text": [title, paragraph, ...]}')
+                        'each line needs {"wikipedia_id": ..., "wikipedia_title": ..., "text": [title, ...]}')
     if any(c.isspace() for c in page_id):
         raise DataError(f"'wikipedia_id' {page_id!r} contains whitespace, which run files cannot hold", path, lineno,
                         "replace the whitespace, e.g. with '_'")

@@ -32,7 +32,7 @@ def bm25_kilt_searcher(setup):
 
 def hybrid_kilt_searcher(setup):
     """BM25 and the pipeline's dense searcher, fused by RRF; the run goes beside the dense one."""
-    from retromem.eval.kilt_pipeline import dense_searcher
+    from retromem.eval.kilt_dense import dense_searcher
 
     dense = dense_searcher(setup)
     if dense is None:  # a helper process under accelerate launch

@@ -8,7 +8,7 @@ A dense run's work directory::
 
     <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/embeddings/, index-<factory>-<metric>/   shared by tasks
     <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/runs/<task>-<run>.trec      the ranked passages
-    <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/results/<task>-<run>/       predictions.jsonl, results.json...
+    <workdir>/<folder>-<source>-<where>-w100/<model>-<key>/results/<task>-<run>/       predictions, results...
 
 ``w100`` names the passage cut (``w100s50`` with a stride), so other cuts of one source never share vectors. A BEIR
 corpus given as the source (its documents are the pages) uses the folder ``eval beir`` uses, and so its embeddings.
@@ -26,23 +26,28 @@ from pathlib import Path
 
 from retromem.data.beir import default_cache_dir
 from retromem.data.corpora import Corpus, open_corpus
-from retromem.data.kilt import (KiltExample, ProvenanceReport, check_provenance, read_kilt_task,
-                                resolve_kilt_task)
+from retromem.data.kilt import KiltExample, ProvenanceReport, check_provenance, read_kilt_task, resolve_kilt_task
 from retromem.data.kilt_source import DEFAULT_PASSAGE_WORDS, passage_page
 from retromem.data.passage import Passage
 from retromem.errors import ConfigError, MissingDataError
-from retromem.eval.kilt import DEFAULT_KS, KiltPrediction, KiltScores, normalize_answer, score_kilt, \
-    write_kilt_predictions
+from retromem.eval.kilt import (
+    DEFAULT_KS,
+    KiltPrediction,
+    KiltScores,
+    normalize_answer,
+    score_kilt,
+    write_kilt_predictions,
+)
 from retromem.eval.kilt_bm25 import bm25_kilt_searcher, hybrid_kilt_searcher
+from retromem.eval.kilt_dense import dense_searcher
 from retromem.eval.kilt_report import write_kilt_results
-from retromem.index.embeddings import DEFAULT_CHUNK_SIZE, encode_corpus
-from retromem.index.encoder import Encoder, EncoderConfig
-from retromem.index.faiss_index import IndexConfig, build_or_reuse_index
+from retromem.index.embeddings import DEFAULT_CHUNK_SIZE
+from retromem.index.encoder import EncoderConfig
+from retromem.index.faiss_index import IndexConfig
 from retromem.options import check_options, option
-from retromem.retrieve.dense import DenseSearcher
 from retromem.retrieve.runfile import Run, write_trec_run
 from retromem.retrieve.searcher import Searcher
-from retromem.workdir import dataset_key, slug, work_directory
+from retromem.workdir import dataset_key, slug
 
 log = logging.getLogger(__name__)
 
@@ -117,36 +122,6 @@ class SearchSetup:
 
 
 SearcherFactory = Callable[[SearchSetup], "Searcher | None"]
-
-
-def dense_searcher(setup: SearchSetup) -> Searcher | None:
-    """The dense searcher: the corpus encoded (or the cached embeddings reused, re-encoded if the text changed),
-    a FAISS index built (or reused) beside them, as ``eval beir`` does."""
-    config, corpus = setup.config, setup.corpus
-    encoder = Encoder(config.encoder)
-    work = work_directory(setup.workdir, setup.corpus_key, encoder.metadata())
-    embeddings = encode_corpus(corpus.passages, encoder, work / "embeddings", chunk_size=config.chunk_size,
-                               total=corpus.count(), show_progress=config.show_progress,
-                               corpus_name=str(corpus.path) if corpus.kind == "beir" else
-                               f"{corpus.path} ({corpus.passage_key()} passages)",
-                               corpus_path=corpus.path, replace_stale=True)
-    if embeddings is None:
-        return None
-    if embeddings.reused:
-        setup.reused.append("embeddings")
-    index, index_reused = build_or_reuse_index(embeddings, work / f"index-{slug(config.index.factory)}-"
-                                               f"{config.index.metric}", config.index,
-                                               show_progress=config.show_progress, replace_other=True)
-    if index_reused:
-        setup.reused.append("index")
-    setup.work = work
-    setup.run_tag = f"dense-{config.index.factory}-{config.index.metric}" + (
-        f"-{config.index.search_params}" if config.index.search_params else "")
-    setup.passage_ids = embeddings.ids
-    setup.metadata.update(model=str(config.encoder.model), encoder=encoder.metadata(),
-                          index={"factory": config.index.factory, "metric": config.index.metric,
-                                 "search_params": config.index.search_params})
-    return DenseSearcher(encoder, index)
 
 
 SEARCHERS: dict[str, SearcherFactory] = {"dense": dense_searcher, "bm25": bm25_kilt_searcher,
