@@ -252,6 +252,13 @@ def test_index_search_and_eval_commands(tiny, tiny_model_dir, tmp_path, capsys):
     assert main(["search", "--method", "bm25", "--index", str(index), "--queries", str(tiny), "--output", str(run),
                  "--top-k", "5"]) == 0
     assert len(run.read_text().splitlines()) == 6 * 5  # the test split's 6 queries
+    emb, flat, fused = tmp_path / "emb", tmp_path / "flat", tmp_path / "hybrid.trec"
+    assert main(["encode", "--corpus", str(tiny), "--model", str(tiny_model_dir), "--output", str(emb),
+                 "--precision", "fp32", "--device", "cpu"]) == 0
+    assert main(["index", "build", "--embeddings", str(emb), "--output", str(flat)]) == 0
+    assert main(["search", "--method", "hybrid", "--index", str(flat), "--bm25-index", str(index), "--queries",
+                 str(tiny), "--output", str(fused), "--top-k", "5", "--fusion", "interpolate", "--alpha", "0.5"]) == 0
+    assert len(fused.read_text().splitlines()) == 6 * 5 and "hybrid (interpolate)" in capsys.readouterr().out
     work = tmp_path / "work"
     base = ["eval", "beir", "--dataset", str(tiny), "--workdir", str(work), "--k-values", "1,5,10"]
     assert main([*base, "--method", "bm25", "--plot", "none"]) == 0
