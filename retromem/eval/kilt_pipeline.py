@@ -248,11 +248,14 @@ def ranked_passages(corpus: Corpus, run: Run, k: int) -> dict[str, list[Passage]
 def passage_level_metrics(examples: Iterable[KiltExample], top_passages: Mapping[str, list[Passage]],
                           ks: Iterable[int]) -> dict[str, float]:
     """Shares of questions, at each k, whose gold paragraph is in a top-k passage (``gold_paragraph@k``: a passage
-    of a gold page whose paragraph range meets the provenance's; only for tasks with paragraph provenance) and whose
-    gold answer (SQuAD-normalised) occurs in a top-k passage's title and text (``answer_in_passages@k``, the
-    reader's upper bound; only for tasks whose answers are not a few labels)."""
+    of a gold page whose paragraph range meets the provenance's; only for tasks with paragraph provenance, over
+    passages that know their paragraphs) and whose gold answer (SQuAD-normalised) occurs in a top-k passage's title
+    and text (``answer_in_passages@k``, the reader's upper bound; only for tasks whose answers are not a few
+    labels)."""
     examples = list(examples)
     with_paragraphs = [e for e in examples if any(p.start_paragraph_id is not None for ev in e.evidence for p in ev)]
+    if not any(p.paragraphs is not None for ps in top_passages.values() for p in ps):
+        with_paragraphs = []   # passages without paragraph ranges (a BEIR corpus): nothing to compare
     distinct_answers = {a.strip() for e in examples for a in e.answers if a.strip()}
     with_answers = [e for e in examples if any(a.strip() for a in e.answers)] if len(distinct_answers) > 10 else []
     metrics: dict[str, float] = {}
