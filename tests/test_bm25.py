@@ -301,3 +301,32 @@ def test_finetune_with_bm25_and_fused_negatives(tiny_st_dir, tmp_path):
         assert (final / "model.safetensors").exists() or list(final.glob("*.safetensors"))
     assert list((tmp_path / "work").glob("*/bm25-flat-*/index/bm25.json"))
     shutil.rmtree(tmp_path / "work")
+
+
+def test_kilt_pipeline_searches_with_bm25_and_hybrid(tiny_st_dir, tmp_path):
+    """The KILT pipeline's SEARCHERS take bm25 and hybrid: each question (a passage's own text) finds its page."""
+    import random
+
+    from retromem.data.corpora import open_corpus
+    from retromem.eval.kilt_pipeline import KiltEvalConfig, evaluate_kilt
+    from retromem.index.encoder import EncoderConfig
+    from tests.conftest import WORDS
+
+    rng = random.Random(1)
+    pages = [{"wikipedia_id": f"P{i}", "wikipedia_title": f"Page {i}",
+              "text": [f"Page {i}", *(" ".join(rng.choices(WORDS, k=20)) for _ in range(3))]} for i in range(6)]
+    source = tmp_path / "knowledge_source.jsonl"
+    source.write_text("".join(json.dumps(p) + "\n" for p in pages))
+    passages = list(open_corpus(source, passage_words=20).passages())
+    rows = [{"id": f"q{n}", "input": p.full_text(), "output": [{"answer": "", "provenance": [
+        {"wikipedia_id": p.page_id}]}]} for n, p in enumerate(passages[::2])]
+    task = tmp_path / "tiny-dev-kilt.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for method in ("bm25", "hybrid"):
+        result = evaluate_kilt(KiltEvalConfig(task=str(task), method=method, passage_words=20, top_k=10,
+                                              encoder=EncoderConfig(model=str(tiny_st_dir), batch_size=16),
+                                              workdir=tmp_path / "work"))
+        assert result.scores.mean["R-Prec"] == 1.0, method
+    again = evaluate_kilt(KiltEvalConfig(task=str(task), method="bm25", passage_words=20, top_k=10,
+                                         workdir=tmp_path / "work"))
+    assert "bm25 index" in again.reused
