@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retromem.cli import eval_bm25, eval_kilt
+from retromem.cli import eval_bm25, eval_kilt, eval_memory
 from retromem.cli.common import (
     EXIT_USAGE,
     HelpFormatter,
@@ -35,12 +35,15 @@ def add_parser(sub) -> None:
                     "work directory so a second run skips what is done (and re-encodes a corpus whose text "
                     "changed). With --run: score a TREC run file made by any system (the encoder, index and "
                     "work-directory options are then refused). Results go to --output as results.json, "
-                    "per_query.json, results.md and a plot.")
+                    "per_query.json, results.md and a plot. --method bm25 evaluates Lucene BM25 (pyserini; its index "
+                    "cached in the work directory), --method hybrid fuses it with --model's run (--fusion rrf, "
+                    "interpolate with alpha chosen on --alpha-split queries, or all).")
     add_options(b, BeirEvalConfig, required=("dataset",))
     b.add_argument("--run", type=Path, help="score this TREC run file instead of running an encoder")
     add_encoder_options(b)
     add_index_options(b)
     eval_bm25.add_arguments(b)
+    eval_memory.add_arguments(b)
     eval_kilt.add_parser(eval_sub)
 
 
@@ -53,6 +56,8 @@ def run(args) -> int:
         check_output_folder(args.output_dir)
     if args.workdir is not None and not args.run:
         check_output_folder(args.workdir, "--workdir")
+    if eval_memory.handles(args):
+        return eval_memory.run(args, start)
     if eval_bm25.handles(args):
         return eval_bm25.run(args, start)
     if args.run:

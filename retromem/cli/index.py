@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from retromem.cli import index_bm25
+from retromem.cli import index_bm25, index_memory
 from retromem.cli.common import (
     EXIT_USAGE,
     HelpFormatter,
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     b.add_argument("--output", required=True, type=Path, help="index folder to write")
     add_index_options(b, exclude=("search_params",))  # a search setting: `search` and `eval beir` take it
     index_bm25.add_parser(index_sub)
+    index_memory.add_parser(index_sub)
 
 
 def run(args) -> int:

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from retromem.cli import search_bm25
+from retromem.cli.index_memory import add_rerank_options, rerank_if_asked
 from retromem.cli.common import (
     add_command,
     add_encoder_options,
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
     add_index_options(p, only=("search_params", "gpu"))
     add_encoder_options(p, exclude=("passage_prefix",), title="encoder (unset: as the index recorded)", model=None)
     search_bm25.add_arguments(p)
+    add_rerank_options(p)
 
 
 def run(args) -> int:
@@ -51,6 +53,9 @@ def run(args) -> int:
     else:
         queries = load_beir(args.queries, split=args.split).queries
     if search_bm25.handles(args):
+        if args.rerank:
+            raise ConfigError("--rerank memory reranks a dense search here; rerank a BM25 run with `retromem eval beir "
+                              "--rerank memory`, or search densely")
         return search_bm25.run(args, queries)
     index = DenseIndex.load(args.index, search_params=args.search_params, gpu=args.gpu)
     args = _defaults_from_index(args, index.artifact.encoder)
@@ -59,6 +64,7 @@ def run(args) -> int:
     encoder = Encoder(encoder_config(args))
     start = time.perf_counter()
     run_ = DenseSearcher(encoder, index).search(queries, k=top_k, show_progress=True)
+    run_ = rerank_if_asked(args, run_, queries, encoder)
     write_trec_run(run_, args.output)
     print(f"searched {len(queries)} queries in {time.perf_counter() - start:.1f}s -> {args.output}")
     return 0

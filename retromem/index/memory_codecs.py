@@ -176,7 +176,7 @@ class Float32Codec(Codec):
         return 4 * self.dim
 
     def encode(self, x):
-        return self._check_input(x).view(np.uint8).reshape(len(x), -1)
+        return self._check_input(x).view(np.uint8).reshape(len(x), self.code_size)
 
     def decode(self, codes):
         return self._check_codes(codes).view(np.float32).reshape(len(codes), self.dim).copy()
@@ -188,7 +188,7 @@ class Float16Codec(Codec):
         return 2 * self.dim
 
     def encode(self, x):
-        return self._check_input(x).astype(np.float16).view(np.uint8).reshape(len(x), -1)
+        return self._check_input(x).astype(np.float16).view(np.uint8).reshape(len(x), self.code_size)
 
     def decode(self, codes):
         return self._check_codes(codes).view(np.float16).reshape(len(codes), self.dim).astype(np.float32)
@@ -281,11 +281,13 @@ class Int8Codec(Codec):
 
     def encode(self, x):
         self._require_trained()
-        return self.index.sa_encode(self._check_input(x))
+        x = self._check_input(x)
+        return self.index.sa_encode(x) if len(x) else np.zeros((0, self.code_size), np.uint8)
 
     def decode(self, codes):
         self._require_trained()
-        return self.index.sa_decode(self._check_codes(codes))
+        codes = self._check_codes(codes)
+        return self.index.sa_decode(codes) if len(codes) else np.zeros((0, self.dim), np.float32)
 
     def array_files(self):
         return ["codec-faiss.npy"]
@@ -340,11 +342,13 @@ class FaissCodec(Codec):
 
     def encode(self, x):
         self._require_trained()
-        return self.index.sa_encode(self._check_input(x))
+        x = self._check_input(x)
+        return self.index.sa_encode(x) if len(x) else np.zeros((0, self.code_size), np.uint8)
 
     def decode(self, codes):
         self._require_trained()
-        return self.index.sa_decode(self._check_codes(codes))
+        codes = self._check_codes(codes)
+        return self.index.sa_decode(codes) if len(codes) else np.zeros((0, self.dim), np.float32)
 
     def array_files(self):
         return ["codec-faiss.npy"]
