@@ -202,3 +202,35 @@ def test_a_beir_corpus_as_source_reuses_eval_beirs_embeddings(tiny_beir, tiny_st
     assert result.corpus.kind == "beir" and result.report.missing_pages == 0
     assert read_kilt_predictions(result.predictions_path)[0].provenance[0].startswith("doc")
     assert result.passage_metrics == {}   # documents have no paragraph ranges; SUPPORTS is a label
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_eval_kilt_under_accelerate_launch_encodes_sharded(tiny_kilt, tiny_st_dir, tmp_path):
+    """Two CPU processes (gloo) share the encoding; rank 0 alone searches, scores and reports, as one process would."""
+    import os
+    import subprocess
+    import sys
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    if not accelerate.exists():
+        pytest.skip(f"{accelerate} is not installed")
+    task, _, _ = tiny_kilt
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               "-m", "retromem.cli", "eval", "kilt", "--task", str(task), "--model", str(tiny_st_dir),
+               "--workdir", str(tmp_path / "dist"), "--passage-words", "20", "--top-k", "10", "--chunk-size", "4",
+               "--precision", "fp32"]
+    result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.count("KILT tiny-dev-kilt") == 1, result.stdout   # only rank 0 reports
+    single = evaluate_kilt(KiltEvalConfig(task=str(task), encoder=EncoderConfig(model=str(tiny_st_dir),
+                                                                                precision="fp32"),
+                                          workdir=tmp_path / "single", passage_words=20, top_k=10, chunk_size=4))
+    dist = json.loads(next((tmp_path / "dist").rglob("results.json")).read_text())
+    assert dist["metrics"]["R-Prec"] == pytest.approx(single.scores.mean["R-Prec"])
+    assert dist["metadata"]["passages"]["count"] == len(list(open_corpus(single.corpus.path, 20).passages()))
