@@ -30,6 +30,7 @@ import importlib.resources
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def start_jvm(heap: str | None = None) -> JavaRuntime:
         runtime = find_java(heap)
         os.environ["JVM_PATH"] = str(runtime.libjvm)  # pyjnius loads this libjvm.so, whatever else it finds
         jnius_config.set_classpath(anserini_jar())
-        jnius_config.set_options(f"-Xmx{heap}")  # and not pyserini's --add-modules=jdk.incubator.vector
+        # not pyserini's --add-modules=jdk.incubator.vector; a JVM crash report goes to the temp folder, not the cwd
+        jnius_config.set_options(f"-Xmx{heap}", f"-XX:ErrorFile={tempfile.gettempdir()}/retromem_hs_err_pid%p.log")
     try:
         from jnius import autoclass
 
