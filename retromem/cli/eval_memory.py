@@ -64,9 +64,7 @@ def run(args, start: float) -> int:
     values = values_from_args(BeirEvalConfig, args)
     first_name = None
     if args.run:
-        from retromem.cli.eval import _refuse_unused_options
-
-        _refuse_unused_options(args)
+        _refuse_pipeline_options(args)
         first_path = args.run
         first = read_trec_run(first_path)
         recorded = store.meta.encoder
@@ -116,3 +114,21 @@ def run(args, start: float) -> int:
     print(f"reranked run: {path}")
     print(f"results: {scored.results_path.parent}")
     return 0
+
+
+def _refuse_pipeline_options(args) -> None:
+    """With --run the first stage is a finished file: encoder, index and pipeline options would not be used (the
+    reranker's encoder is the one the memory records)."""
+    from retromem.errors import ConfigError
+    from retromem.eval.beir_pipeline import BeirEvalConfig
+    from retromem.index.encoder import EncoderConfig
+    from retromem.index.faiss_index import IndexConfig
+    from retromem.options import flag, option_specs
+
+    flags = [flag(cls, name) for cls in (EncoderConfig, IndexConfig) for name in option_specs(cls)]
+    flags += [flag(BeirEvalConfig, name) for name in ("top_k", "workdir", "chunk_size")]
+    flags += [spec.negative for spec in option_specs(EncoderConfig).values() if spec.negative]
+    given = [f for f in flags if f in args.given]
+    if given:
+        raise ConfigError(f"--run with --rerank memory reranks a finished run file with the encoder the memory "
+                          f"records: {', '.join(given)} would not be used; leave them out")
