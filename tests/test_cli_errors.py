@@ -671,3 +671,56 @@ def test_bm25_empty_corpus_is_refused_and_leaves_no_index(tmp_path, capsys):
     one_line_error(capsys, main(["index", "bm25", "--corpus", str(corpus), "--output", str(tmp_path / "idx")]),
                    "corpus.jsonl", "empty")  # the library's own refusal, "the corpus holds no passages", in test_bm25
     assert not (tmp_path / "idx").exists() and not list(tmp_path.glob(".idx.tmp-*"))
+
+
+# ---------------------------------------------------------------- token memories (index memory, --rerank memory)
+
+@pytest.fixture()
+def memory(tiny_beir, tiny_model_dir, tmp_path, capsys) -> Path:
+    folder = tmp_path / "memory"
+    assert main(["index", "memory", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output",
+                 str(folder), "--codec", "binary", "--shard-size", "16", *TINY]) == 0
+    capsys.readouterr()
+    return folder
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["index", "memory", "--layer", "9"], ["--layer", "9 is out of range", "has 2 layers"]),
+    (["index", "memory", "--layer", "-2"], ["--layer", "at least -1"]),
+    (["index", "memory", "--codec", "pq:m=100"], ["m=100 does not divide the dimension 64", "closest that can: m=64"]),
+    (["index", "memory", "--codec", "pq:bytes=0"], ["bytes per token must be at least 1"]),
+    (["index", "memory", "--codec", "zip"], ["--codec", "one of fp32"]),
+    (["index", "memory", "--codec", "pq:m"], ["--codec", "key=value"]),
+    (["index", "memory", "--merge-ratio", "0"], ["--merge-ratio", "> 0"]),
+    (["index", "memory", "--merge-ratio", "1.5"], ["--merge-ratio", "at most 1"]),
+    (["index", "memory", "--shard-size", "0"], ["--shard-size", "at least 1"]),
+    (["index", "memory", "--layer", "1", "--codec", "binary"], ["other options", "layer: 2 then, 1 now"]),
+    (["eval", "beir", "--rerank", "memory"], ["--rerank memory needs --memory"]),
+    (["eval", "beir", "--memory", "{memory}"], ["--memory set up memory reranking", "--rerank memory"]),
+    (["eval", "beir", "--rerank", "memory", "--memory", "{tmp}"], ["holds no token memory", "retromem index memory"]),
+    (["eval", "beir", "--rerank", "memory", "--memory", "{memory}", "--rerank-weight-split", "test"],
+     ["--rerank-weight-split must be another split"]),
+    (["eval", "beir", "--rerank", "memory", "--memory", "{memory}", "--rerank-depth", "0"], ["--rerank-depth"]),
+    (["eval", "beir", "--rerank", "memory", "--memory", "{memory}", "--model", "{st}"], ["different encoder"]),
+])
+def test_memory_bad_input_is_one_line(args, fragments, memory, tiny_beir, tiny_model_dir, tiny_st_dir, tmp_path,
+                                      capsys):
+    values = {"memory": str(memory), "tmp": str(tmp_path), "st": str(tiny_st_dir)}
+    args = [a.format(**values) for a in args]
+    if args[:2] == ["index", "memory"]:
+        output = memory if "--layer" in args and "1" in args and "binary" in args else tmp_path / "other"
+        args += ["--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--output", str(output), *TINY]
+    else:
+        args += ["--dataset", str(tiny_beir), "--workdir", str(tmp_path / "work"), *TINY]
+        if "--model" not in args:
+            args += ["--model", str(tiny_model_dir)]
+    code = main(args)
+    one_line_error(capsys, code, *fragments)
+    assert not (tmp_path / "other").exists()
+
+
+def test_search_memory_options_without_rerank_are_one_line(built, memory, tiny_beir, tmp_path, capsys):
+    code = main(["search", "--index", str(built["index"]), "--queries", str(tiny_beir), "--output",
+                 str(tmp_path / "r.trec"), "--memory", str(memory)])
+    one_line_error(capsys, code, "--memory set up memory reranking")
+    assert not (tmp_path / "r.trec").exists()
