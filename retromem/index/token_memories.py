@@ -21,6 +21,7 @@ token it merged into.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -140,22 +141,23 @@ def build_memories(corpus: Any, encoder, config: MemoryConfig, output: str | Pat
         output.mkdir(parents=True, exist_ok=True)
     first_chunk: list[Passage] | None = None
     first_states = None
-    if not meta_file.exists():
-        if rank == 0:
-            first_chunk = next(_chunked(_fresh(corpus), config.shard_size), [])
-            if not first_chunk:
-                raise DataError("the corpus holds no passages: nothing to store", corpus_path or corpus_name,
-                                fix="check the corpus file")
-            if codec.needs_training:
-                first_states = _condensed(first_chunk, states(first_chunk), drop, config)
-                sample = np.concatenate([v for v, _, _ in first_states[0]])
-                if len(sample) > config.train_tokens:
-                    sample = sample[np.random.default_rng(0).choice(len(sample), config.train_tokens, replace=False)]
-                codec.train(sample)
-                codec.save_arrays(output)
-            ArtifactMeta(kind=KIND, encoder=EncoderInfo.from_dict(encoder.metadata()),
-                         details={**wanted, "codec": codec.to_json(), "complete": False}).write(meta_file)
-        barrier()
+    if rank == 0 and not meta_file.exists():  # the codec is trained before any process writes a shard
+        first_chunk = next(_chunked(_fresh(corpus), config.shard_size), [])
+        if not first_chunk:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # made just now, and empty
+            raise DataError("the corpus holds no passages: nothing to store", corpus_path or corpus_name,
+                            fix="check the corpus file")
+        if codec.needs_training:
+            first_states = _condensed(first_chunk, states(first_chunk), drop, config)
+            sample = np.concatenate([v for v, _, _ in first_states[0]])
+            if len(sample) > config.train_tokens:
+                sample = sample[np.random.default_rng(0).choice(len(sample), config.train_tokens, replace=False)]
+            codec.train(sample)
+            codec.save_arrays(output)
+        ArtifactMeta(kind=KIND, encoder=EncoderInfo.from_dict(encoder.metadata()),
+                     details={**wanted, "codec": codec.to_json(), "complete": False}).write(meta_file)
+    barrier()
     store = MemoryStore.open(output)
     codec = store.codec
 
