@@ -724,3 +724,80 @@ def test_search_memory_options_without_rerank_are_one_line(built, memory, tiny_b
                  str(tmp_path / "r.trec"), "--memory", str(memory)])
     one_line_error(capsys, code, "--memory set up memory reranking")
     assert not (tmp_path / "r.trec").exists()
+
+
+# ---- read train / predict / memory (issue 15) ----
+
+@pytest.fixture(scope="module")
+def read_world(tmp_path_factory):
+    from tests.read_fixtures import write_kilt_world
+
+    return write_kilt_world(tmp_path_factory.mktemp("read-world"))
+
+
+def _read(command: str, world, tiny_model_dir, out: Path) -> list[str]:
+    common = ["--task", str(world["claims"]), "--run", str(world["claims_run"])]
+    return {"train": ["read", "train", *common, "--model", str(tiny_model_dir), "--output", str(out), "--k", "2"],
+            "predict": ["read", "predict", *common, "--reader", str(out), "--output", str(out / "p.jsonl")],
+            "memory": ["read", "memory", *common, "--model", str(tiny_model_dir), "--output", str(out)]}[command]
+
+
+#: read option values that mean something (they start work instead of being refused): 0 live layers (pure
+#: memory), no weight decay, no clipping, ..., and --max-steps -1 (as many as --epochs make).
+READ_MEANINGFUL = {(o, "0") for o in ("--k", "--weight-decay", "--max-grad-norm", "--epochs", "--warmup-ratio",
+                                      "--seed")} | {("--max-steps", "-1")}
+READ_SWEPT = [(command, option) for command in ("train", "predict", "memory")
+              for option in _numeric_options(("read", command))]
+
+
+def test_the_read_sweep_covers_its_numeric_options():
+    assert {("train", "--k"), ("train", "--passages"), ("train", "--limit"), ("train", "--batch-size"),
+            ("predict", "--provenance"), ("memory", "--k")} <= set(READ_SWEPT)
+
+
+@pytest.mark.parametrize("value", ["0", "-1"], ids=["zero", "negative"])
+@pytest.mark.parametrize("command, option", READ_SWEPT, ids=lambda x: x)
+def test_read_numeric_options_at_zero_and_negative(command, option, value, read_world, tiny_model_dir, tmp_path,
+                                                   capsys):
+    if (option, value) in READ_MEANINGFUL:
+        pytest.skip(f"{option} {value} is meaningful")
+    out = tmp_path / "out"
+    one_line_error(capsys, main([*_read(command, read_world, tiny_model_dir, out), option, value]), option)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, extra, fragments", [
+    ("train", ["--k", str(HUGE)], [f"--k {HUGE}: the encoder", "has 2 layers"]),
+    ("train", ["--k", "1"], ["give --memory"]),
+    ("train", ["--k", "1", "--memory", "{tmp}/none"], ["--memory", "no such folder"]),
+    ("train", ["--passage-stride", "200"], ["(--passage-stride) 200 is above --passage-words"]),
+    ("train", ["--run", "{tmp}"], ["is a folder without results.json"]),
+    ("train", ["--task", "{tmp}/none.jsonl"], ["none.jsonl", "does not exist"]),
+    ("train", ["--head", "span"], ["span head cannot express"]),
+    ("predict", [], ["not a reader folder"]),
+    ("memory", ["--k", str(HUGE)], [f"--k {HUGE}: the encoder"]),
+    ("memory", ["--k", "2"], ["re-encodes the passage text", "reads no memory"]),
+])
+def test_read_bad_input_is_one_line(command, extra, fragments, read_world, tiny_model_dir, tmp_path, capsys):
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    out = tmp_path / "out"
+    one_line_error(capsys, main([*_read(command, read_world, tiny_model_dir, out), *extra]), *fragments)
+
+
+def test_a_run_without_some_questions_is_counted(read_world, tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "half.run"
+    lines = read_world["claims_run"].read_text().splitlines()
+    run.write_text("\n".join(line for line in lines if int(line.split()[0][1:]) < 8) + "\n")
+    code = main(["read", "train", "--task", str(read_world["claims"]), "--run", str(run), "--model",
+                 str(tiny_model_dir), "--k", "2", "--output", str(tmp_path / "out")])
+    one_line_error(capsys, code, "8 question(s) of the task have no retrieved passages", "c8")
+
+
+def test_eval_kilt_predictions_missing_or_a_folder(kilt_files, capsys):
+    task = str(kilt_files["task"])
+    one_line_error(capsys, main(["eval", "kilt", "--task", task, "--predictions", str(kilt_files["dir"] / "no.jsonl")]),
+                   "no.jsonl", "does not exist")
+    one_line_error(capsys, main(["eval", "kilt", "--task", task, "--predictions", str(kilt_files["dir"])]),
+                   "is a folder")
+    one_line_error(capsys, main(["eval", "kilt", "--task", task, "--predictions", str(kilt_files["preds"]),
+                                 "--output", task]), "--output", "is a file")

@@ -100,11 +100,13 @@ def _score_predictions(args) -> int:
 
     _refuse_unused_options(args)
     values = values_from_args(KiltEvalConfig, args, exclude=_PIPELINE_ONLY)
+    output = values["output_dir"] or args.predictions.parent / f"{args.predictions.stem}-scores"
+    check_output_folder(output, "--output (default: beside --predictions)" if values["output_dir"] is None
+                        else "--output")
     task = resolve_kilt_task(values["task"])
     examples = read_kilt_task(task.path)
     predictions = read_kilt_predictions(args.predictions)
     scores = score_kilt(examples, predictions, ks=values["ks"], where=args.predictions)
-    output = values["output_dir"] or args.predictions.parent / f"{args.predictions.stem}-scores"
     results_path = write_kilt_results(output, scores, {"task": task.name, "task_file": str(task.path),
                                                        "predictions": str(args.predictions),
                                                        "system": args.predictions.name})
