@@ -502,7 +502,8 @@ def kilt_files(tmp_path):
                                           "text": [f"Page {i}", "protein cell gene tumor virus " * 3]}) + "\n"
                               for i in range(4)), encoding="utf-8")
     task = tmp_path / "task.jsonl"
-    rows = [{"id": f"q{i}", "input": "gene tumor", "output": [{"answer": "a", "provenance": [{"wikipedia_id": f"P{i}"}]}]}
+    rows = [{"id": f"q{i}", "input": "gene tumor",
+             "output": [{"answer": "a", "provenance": [{"wikipedia_id": f"P{i}"}]}]}
             for i in range(3)]
     task.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     preds = tmp_path / "preds.jsonl"
@@ -553,7 +554,8 @@ def test_eval_kilt_gold_pages_missing_from_the_source_are_counted(kilt_files, ti
 
 
 @pytest.mark.parametrize("lines, fragments", [
-    ([{"id": "q0", "output": [{"answer": "a"}]}, {"id": "q1", "output": [{"answer": "a"}]}], ["no prediction for id 'q2'"]),
+    ([{"id": "q0", "output": [{"answer": "a"}]}, {"id": "q1", "output": [{"answer": "a"}]}],
+     ["no prediction for id 'q2'"]),
     ([{"id": f"q{i}", "output": [{"answer": ""}]} for i in (0, 1, 2, 7)], [":4:", "id 'q7' is not in the task"]),
     ([{"id": "q0", "output": [{"answer": ""}]}, {"id": "q0", "output": [{"answer": ""}]}],
      [":2:", "'q0' is predicted twice: on line 1 and on line 2"]),
