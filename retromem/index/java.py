@@ -95,7 +95,12 @@ def start_jvm(heap: str | None = None) -> JavaRuntime:
         logger.setLevel(autoclass("java.util.logging.Level").WARNING)
         _keep.append(logger)  # java.util.logging holds loggers weakly: keep it so the level stays
     except Exception as err:  # pyjnius raises bare SystemError/JavaException types when the JVM cannot start
-        raise ConfigError(f"the Java at {runtime.home} did not start ({err}); {_INSTALL_FIX}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]  # a Java stack trace follows: one line
+        if runtime.source == "already running":
+            raise ConfigError(f"a JVM was started in this process before retromem's, without pyserini's jar "
+                              f"({reason}); import retromem's BM25 before anything that starts a JVM (jnius, "
+                              "pyserini)") from err
+        raise ConfigError(f"the Java at {runtime.home} did not start ({reason}); {_INSTALL_FIX}") from err
     _import_pyserini()
     log.info("JVM started: Java %s from %s (%s), heap %s", runtime.version, runtime.home, runtime.source, heap)
     _started = runtime
