@@ -65,15 +65,8 @@ def add_rerank_options(parser) -> None:
 def rerank_if_asked(args, run, queries, encoder=None):
     """``run`` reranked from ``args.memory`` when ``--rerank memory`` was given (else ``run`` itself), with
     ``encoder`` (default: the encoder the memory records)."""
-    from retromem.errors import ConfigError
-
-    if getattr(args, "rerank", None) is None:
-        given = [f for f in ("--memory", "--rerank-depth", "--rerank-weight") if f in getattr(args, "given", ())]
-        if given:
-            raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave them out")
+    if not check_rerank_args(args):
         return run
-    if args.memory is None:
-        raise ConfigError("--rerank memory needs --memory DIR (a token memory from `retromem index memory`)")
     from retromem.index.encoder import Encoder
     from retromem.index.memory_store import MemoryStore
     from retromem.retrieve.memory_rerank import MemoryReranker, RerankConfig
@@ -86,3 +79,17 @@ def rerank_if_asked(args, run, queries, encoder=None):
         encoder = Encoder(EncoderConfig(model=recorded.model_path or recorded.model, max_length=recorded.max_length))
     reranker = MemoryReranker(store, encoder, config_from_args(RerankConfig, args))
     return reranker.rerank(run, queries, show_progress=True)
+
+
+def check_rerank_args(args) -> bool:
+    """Whether ``--rerank memory`` was given (with its ``--memory``); memory options without it are refused."""
+    from retromem.errors import ConfigError
+
+    if getattr(args, "rerank", None) is None:
+        given = [f for f in ("--memory", "--rerank-depth", "--rerank-weight") if f in getattr(args, "given", ())]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave them out")
+        return False
+    if args.memory is None:
+        raise ConfigError("--rerank memory needs --memory DIR (a token memory from `retromem index memory`)")
+    return True

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from retromem.cli import search_bm25
-from retromem.cli.index_memory import add_rerank_options, rerank_if_asked
+from retromem.cli.index_memory import add_rerank_options, check_rerank_args, rerank_if_asked
 from retromem.cli.common import (
     add_command,
     add_encoder_options,
@@ -47,6 +47,7 @@ def run(args) -> int:
     from retromem.retrieve.runfile import write_trec_run
 
     check_output_file(args.output)
+    check_rerank_args(args)
     top_k = values_from_args(BeirEvalConfig, args, only=("top_k",))["top_k"]
     if looks_like_a_file(args.queries, "--queries"):
         queries = load_queries(args.queries)
