@@ -286,3 +286,29 @@ def test_rerank_from_fp32_memory_equals_brute_force_maxsim(encoder, passages, tm
     weighted = MemoryReranker(store, encoder, RerankConfig(rerank_depth=10, rerank_weight=0.5)).rerank(first, queries)
     assert weighted["q1"][order[0]] != reranked["q1"][order[0]] or True
     assert maxsim_scores(states["q1"], store, []) == []
+
+
+# the commands
+def test_index_memory_then_eval_and_search_rerank_from_it(tiny_beir, tiny_model_dir, tmp_path, capsys, isolated_env,
+                                                           restore_logging):
+    from retromem.cli import main
+
+    tiny = ["--precision", "fp32", "--device", "cpu"]
+    memory = tmp_path / "mem"
+    assert main(["index", "memory", "--corpus", str(tiny_beir), "--model", str(tiny_model_dir), "--codec", "binary",
+                 "--merge-ratio", "0.5", "--shard-size", "16", "--output", str(memory), *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "stored 40 passages" in out and "(layer 2, binary" in out
+    store = MemoryStore.open(memory)
+    assert store.complete and len(store.shards) == 3 and store.meta.details["options"]["merge_ratio"] == 0.5
+    assert main(["eval", "beir", "--dataset", str(tiny_beir), "--model", str(tiny_model_dir), "--workdir",
+                 str(tmp_path / "work"), "--rerank", "memory", "--memory", str(memory), "--rerank-depth", "5",
+                 "--output", str(tmp_path / "res"), *tiny]) == 0
+    out = capsys.readouterr().out
+    assert "+ memory rerank (binary, top 5, w=0)" in out
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert "NDCG@10" in json.dumps(results)
+    run_file = next((tmp_path / "work").rglob("*-memory-binary-d5-w0.trec"))
+    assert main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(run_file), "--rerank", "memory",
+                 "--memory", str(memory), "--rerank-weight", "0.5", "--output", str(tmp_path / "res2")]) == 0
+    assert "w=0.5" in capsys.readouterr().out
