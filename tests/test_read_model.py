@@ -183,3 +183,41 @@ def test_the_generative_head_overfits_a_handful_of_qa_pairs(tiny_encoder_dir):
     inputs = {k: v for k, v in batch.items() if not k.startswith("answer")}
     answers = reader.head.decode(reader.generate(inputs))
     assert answers == [a for _, a in pairs], float(loss)
+
+
+def test_any_hf_seq2seq_model_can_be_the_generative_decoder(tiny_encoder_dir, tokenizer, tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    folder = tmp_path / "tiny-bart"
+    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                        decoder_start_token_id=tokenizer.cls_token_id, forced_eos_token_id=None)
+    torch.manual_seed(0)
+    BartForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    reader = make_reader(tiny_encoder_dir, 1, head="generative", decoder_model=str(folder), max_answer_length=6)
+    assert reader.head.seq2seq and isinstance(reader.head.project, torch.nn.Linear)  # 64-d live outputs -> 32-d
+    passages = memory_passages(reader, ["insulin lowers blood glucose", "the heart is in the chest"])
+    items = [ReadItem("0", "what lowers glucose?", tuple(passages), answer="insulin"),
+             ReadItem("1", "where is the heart?", tuple(passages), answer="the chest")]
+    batch = collate(reader.spec, reader.tokenizer, items, answer_tokenizer=reader.head.answer_tokenizer)
+    reader.train()
+    optimizer = torch.optim.Adam([p for p in reader.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(40):
+        loss = reader(**batch)["loss"]
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first / 2
+    reader.eval()
+    inputs = {k: v for k, v in batch.items() if not k.startswith("answer")}
+    assert len(reader.head.decode(reader.generate(inputs))) == 2
+    save_reader(reader, tmp_path / "reader")
+    loaded = load_reader(tmp_path / "reader")
+    assert loaded.head.seq2seq
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch)["loss"], reader(**batch)["loss"])
