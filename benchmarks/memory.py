@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--train-tokens", type=int, default=32768)
     parser.add_argument("--work", type=Path, default=Path("work/memory-bench"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--report-only", action="store_true", help="write the table and plot from the settings "
+                        "measured so far (cached under --work), measuring nothing new")
     args = parser.parse_args()
 
     import torch
@@ -145,13 +147,15 @@ def main() -> None:
         mems = fp32.gather([p.id for p in chunk])
         return LayerStates(states=[m.vectors for m in mems], token_ids=[m.token_ids for m in mems])
 
-    query_states_test = query_states(encoder, test.queries, fp32.layer)
-    query_states_train = query_states(encoder, train.queries, fp32.layer)
-
     names = list(SETTINGS) if not args.settings else [s.strip() for s in args.settings.split(",")]
     rows = []
     results_file = work / "rows.json"
     done = {r["setting"]: r for r in json.loads(results_file.read_text())} if results_file.exists() else {}
+    if args.report_only:
+        names = [n for n in names if n in done]
+    else:
+        query_states_test = query_states(encoder, test.queries, fp32.layer)
+        query_states_train = query_states(encoder, train.queries, fp32.layer)
     for name in names:
         if name in done:
             rows.append(done[name])
