@@ -312,3 +312,14 @@ def test_index_memory_then_eval_and_search_rerank_from_it(tiny_beir, tiny_model_
     assert main(["eval", "beir", "--dataset", str(tiny_beir), "--run", str(run_file), "--rerank", "memory",
                  "--memory", str(memory), "--rerank-weight", "0.5", "--output", str(tmp_path / "res2")]) == 0
     assert "w=0.5" in capsys.readouterr().out
+
+
+def test_a_finished_memory_is_reused_and_one_of_another_corpus_refused(encoder, passages, tmp_path):
+    config = MemoryConfig(codec="fp16", shard_size=8)
+    first = build_memories(passages, encoder, config, tmp_path / "m")
+    assert not first.reused
+    again = build_memories(passages, encoder, config, tmp_path / "m")
+    assert again.reused and again.ids() == first.ids()
+    changed = [Passage(p.id, p.text + " more", p.title) for p in passages]
+    with pytest.raises(MismatchError, match="another corpus"):
+        build_memories(changed, encoder, config, tmp_path / "m")

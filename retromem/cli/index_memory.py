@@ -44,7 +44,7 @@ def run(args) -> int:
     store = build_memories(corpus, encoder, config, args.output, show_progress=True)
     if store is not None:
         details = store.meta.details
-        print(f"stored {len(store)} passages, {store.num_tokens} vectors of {details.get('tokens')} tokens "
+        print(f"{'reused' if store.reused else 'stored'} {len(store)} passages, {store.num_tokens} vectors of {details.get('tokens')} tokens "
               f"(layer {store.layer}, {store.codec.label}, {store.disk_bytes() / max(details.get('tokens') or 1, 1):.1f} "
               f"bytes/token on disk; {details.get('truncated', 0)} truncated, {details.get('empty', 0)} empty) in "
               f"{time.perf_counter() - start:.1f}s -> {args.output}")

@@ -157,6 +157,7 @@ class MemoryStore:
         self.meta = meta
         self.codec = codec
         self.shards: list[Shard] = []
+        self.reused = False  # set by build_memories when it found this very memory finished
         self._lookup_shards = 0
         self.refresh()
 

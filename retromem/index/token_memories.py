@@ -135,6 +135,7 @@ def build_memories(corpus: Any, encoder, config: MemoryConfig, output: str | Pat
         store = _check_existing(output, encoder.metadata(), wanted)
         if store.complete:
             _check_same_corpus(store, _fresh(corpus), corpus_path)
+            store.reused = True
             return store if rank == 0 else None
     if rank == 0:
         refuse_a_file(output, "--output", "a folder for the token memory")
