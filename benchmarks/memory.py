@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="scifact")
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--limit", type=int, help="only the first N passages (a quick look; nDCG is then not SciFact's)")
+    parser.add_argument("--limit", type=int, help="only the first N passages (a quick look; not SciFact's nDCG)")
     parser.add_argument("--settings", help="comma-separated names of SETTINGS (default: all)")
     parser.add_argument("--shard-size", type=int, default=1024)
     parser.add_argument("--plain-passages", type=int, default=1024, help="plain encoding timed on the first N")
@@ -238,8 +238,8 @@ def ndcg10(qrels, run) -> float:
 
 
 def query_states(encoder, queries, layer):
-    from retromem.retrieve.memory_rerank import _normalised
     from retromem.index.token_states import text_layer_states
+    from retromem.retrieve.memory_rerank import _normalised
 
     qids = list(queries)
     states = text_layer_states(encoder, [encoder.query_prefix + queries[q] for q in qids], layer)
@@ -302,7 +302,8 @@ def slug(name: str) -> str:
 def markdown(s: dict) -> str:
     fp16 = next((r for r in s["rows"] if r["setting"] == "fp16"), None)
     lines = [
-        f"Token memories of {s['dataset']} ({s['passages']} passages, {s['tokens']:,} tokens, {s['truncated_passages']} "
+        f"Token memories of {s['dataset']} ({s['passages']} passages, {s['tokens']:,} tokens, "
+        f"{s['truncated_passages']} "
         f"truncated at the model's maximum), {s['model']} states after layer {s['layer']} ({s['dim']}-d), "
         f"{s['precision']} encoder on {s['torch_threads']} threads, load average at the end "
         f"{', '.join(f'{x:.1f}' for x in s['load_average'])} (a shared 2-core machine).",

@@ -1,4 +1,4 @@
-"""Data-parallel memory building: `accelerate launch` with two CPU processes (gloo) gives the store one process gives."""
+"""Data-parallel memory building: `accelerate launch` with two CPU processes (gloo) writes one process's store."""
 
 from __future__ import annotations
 

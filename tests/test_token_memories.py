@@ -15,7 +15,7 @@ from retromem.errors import ConfigError, MismatchError, MissingDataError
 from retromem.index import memory_store, token_memories
 from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.index.memory_codecs import codec_from_json, make_codec, parse_codec_spec
-from retromem.index.memory_store import MemoryStore, list_shards, require_memory, write_shard
+from retromem.index.memory_store import MemoryStore, require_memory, write_shard
 from retromem.index.token_memories import MemoryConfig, build_memories, condense, merge_neighbours
 from retromem.index.token_states import passage_layer_states
 from retromem.retrieve.memory_rerank import MemoryReranker, RerankConfig, brute_force_maxsim, maxsim_scores

@@ -26,7 +26,8 @@ def handles(args) -> bool:
         given = [f for f in ("--memory", "--rerank-depth", "--rerank-weight", "--rerank-weight-split")
                  if f in getattr(args, "given", ())]
         if given:
-            raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave them out")
+            raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave "
+                              "them out")
         return False
     return True
 
@@ -35,8 +36,8 @@ def run(args, start: float) -> int:
     from retromem.data.beir import load_beir
     from retromem.errors import ConfigError
     from retromem.eval.beir_memory import choose_rerank_weight, reranked_run_path
-    from retromem.eval.beir_pipeline import BeirEvalConfig, evaluate_dense_beir, evaluate_run_beir
     from retromem.eval.beir_metrics import evaluate
+    from retromem.eval.beir_pipeline import BeirEvalConfig, evaluate_dense_beir, evaluate_run_beir
     from retromem.eval.report import format_markdown_table
     from retromem.index.encoder import Encoder, EncoderConfig
     from retromem.index.memory_store import MemoryStore

@@ -44,8 +44,9 @@ def run(args) -> int:
     store = build_memories(corpus, encoder, config, args.output, show_progress=True)
     if store is not None:
         details = store.meta.details
-        print(f"{'reused' if store.reused else 'stored'} {len(store)} passages, {store.num_tokens} vectors of {details.get('tokens')} tokens "
-              f"(layer {store.layer}, {store.codec.label}, {store.disk_bytes() / max(details.get('tokens') or 1, 1):.1f} "
+        tokens = details.get("tokens") or 0
+        print(f"{'reused' if store.reused else 'stored'} {len(store)} passages, {store.num_tokens} vectors of {tokens} "
+              f"tokens (layer {store.layer}, {store.codec.label}, {store.disk_bytes() / max(tokens, 1):.1f} "
               f"bytes/token on disk; {details.get('truncated', 0)} truncated, {details.get('empty', 0)} empty) in "
               f"{time.perf_counter() - start:.1f}s -> {args.output}")
     return 0
@@ -88,7 +89,8 @@ def check_rerank_args(args) -> bool:
     if getattr(args, "rerank", None) is None:
         given = [f for f in ("--memory", "--rerank-depth", "--rerank-weight") if f in getattr(args, "given", ())]
         if given:
-            raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave them out")
+            raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave "
+                              "them out")
         return False
     if args.memory is None:
         raise ConfigError("--rerank memory needs --memory DIR (a token memory from `retromem index memory`)")

@@ -46,7 +46,7 @@ import numpy as np
 from retromem.artifacts import PASSAGE_VECTOR_FIELDS, ArtifactMeta, EncoderInfo, require_compatible
 from retromem.errors import DataError, MismatchError, MissingDataError
 from retromem.index.memory_codecs import Codec, codec_from_json
-from retromem.io import atomic_path, current_umask, read_json
+from retromem.io import atomic_path, current_umask
 
 KIND = "token_memories"
 SHARDS = "shards"

@@ -53,7 +53,7 @@ below between both but by can could did do does doing down during each few for f
 her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of
 off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
 them themselves then there these they this those through to too under until up very was we were what when where which
-while who whom why will with would you your yours yourself yourselves""".split())
+while who whom why will with would you your yours yourself yourselves""".split())  # noqa: SIM905 (a list of 170 quoted words would be hard to read)
 
 #: Options that change what a memory holds: a resumed or reused build must agree on them.
 CONTENT_OPTIONS = ("layer", "codec", "drop_special", "drop_stopwords", "merge_ratio", "shard_size", "train_tokens")

@@ -38,7 +38,7 @@ class LayerStates:
 def num_layers(encoder) -> int:
     """The encoder's transformer layers (``layer`` may be 0..this)."""
     config = encoder.model.config
-    return int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers"))
+    return int(getattr(config, "num_hidden_layers", None) or config.n_layers)
 
 
 def check_layer(encoder, layer: int) -> int:
