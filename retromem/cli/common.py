@@ -195,3 +195,18 @@ def quiet_other_libraries() -> None:
         hf_logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+def encoder_defaults_from_index(args, recorded):
+    """Encoder options left unset on the command line take the values the FAISS index recorded (``recorded``:
+    its :class:`retromem.artifacts.EncoderInfo`, or None)."""
+    if recorded is None:
+        return args
+    if args.model is None:
+        args.model = recorded.model_path or recorded.model
+    if args.pooling == "auto" and recorded.pooling:
+        args.pooling = recorded.pooling
+    for key in ("normalize", "max_length", "query_prefix"):
+        if getattr(args, key) is None and getattr(recorded, key) is not None:
+            setattr(args, key, getattr(recorded, key))
+    return args

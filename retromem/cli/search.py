@@ -6,15 +6,16 @@ import time
 from pathlib import Path
 
 from retromem.cli import search_bm25
-from retromem.cli.index_memory import add_rerank_options, check_rerank_args, rerank_if_asked
 from retromem.cli.common import (
     add_command,
     add_encoder_options,
     add_index_options,
     check_output_file,
     encoder_config,
+    encoder_defaults_from_index,
     looks_like_a_file,
 )
+from retromem.cli.index_memory import add_rerank_options, check_rerank_args, rerank_if_asked
 from retromem.cli.options import add_options, field_defaults, values_from_args
 from retromem.eval.beir_pipeline import BeirEvalConfig
 
@@ -59,7 +60,7 @@ def run(args) -> int:
                               "--rerank memory`, or search densely")
         return search_bm25.run(args, queries)
     index = DenseIndex.load(args.index, search_params=args.search_params, gpu=args.gpu)
-    args = _defaults_from_index(args, index.artifact.encoder)
+    args = encoder_defaults_from_index(args, index.artifact.encoder)
     if args.model is None:
         raise ConfigError(f"{args.index} records no encoder: give --model")
     encoder = Encoder(encoder_config(args))
@@ -69,17 +70,3 @@ def run(args) -> int:
     write_trec_run(run_, args.output)
     print(f"searched {len(queries)} queries in {time.perf_counter() - start:.1f}s -> {args.output}")
     return 0
-
-
-def _defaults_from_index(args, recorded):
-    """Encoder options left unset on the command line take the values the index recorded."""
-    if recorded is None:
-        return args
-    if args.model is None:
-        args.model = recorded.model_path or recorded.model
-    if args.pooling == "auto" and recorded.pooling:
-        args.pooling = recorded.pooling
-    for key in ("normalize", "max_length", "query_prefix"):
-        if getattr(args, key) is None and getattr(recorded, key) is not None:
-            setattr(args, key, getattr(recorded, key))
-    return args

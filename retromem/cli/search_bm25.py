@@ -74,28 +74,14 @@ def run(args, queries: dict[str, str]) -> int:
 
 
 def _dense_searcher(args):
-    from retromem.cli.common import encoder_config
+    from retromem.cli.common import encoder_config, encoder_defaults_from_index
     from retromem.errors import ConfigError
     from retromem.index.encoder import Encoder
     from retromem.index.faiss_index import DenseIndex
     from retromem.retrieve.dense import DenseSearcher
 
     index = DenseIndex.load(args.index, search_params=args.search_params, gpu=args.gpu)
-    args = _defaults_from_index(args, index.artifact.encoder)
+    args = encoder_defaults_from_index(args, index.artifact.encoder)
     if args.model is None:
         raise ConfigError(f"{args.index} records no encoder: give --model")
     return DenseSearcher(Encoder(encoder_config(args)), index)
-
-
-def _defaults_from_index(args, recorded):
-    """Encoder options left unset take the values the FAISS index recorded (as `retromem search` does)."""
-    if recorded is None:
-        return args
-    if args.model is None:
-        args.model = recorded.model_path or recorded.model
-    if args.pooling == "auto" and recorded.pooling:
-        args.pooling = recorded.pooling
-    for key in ("normalize", "max_length", "query_prefix"):
-        if getattr(args, key) is None and getattr(recorded, key) is not None:
-            setattr(args, key, getattr(recorded, key))
-    return args
