@@ -221,3 +221,32 @@ def test_any_hf_seq2seq_model_can_be_the_generative_decoder(tiny_encoder_dir, to
     assert loaded.head.seq2seq
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch)["loss"], reader(**batch)["loss"])
+
+
+@pytest.mark.parametrize("k", [1, LAYERS])
+def test_the_classification_head_learns_labels_that_depend_on_question_and_passage(tiny_encoder_dir, k):
+    """The label is whether the claim's subject is the passage's: the live layers must relate the two, and a few
+    Adam steps fit the four claims. (k = 0 is left out: with no live layer, question and memory never meet, and
+    this XOR-like label is what pure memory cannot express, LUMEN's point.)"""
+    reader = make_reader(tiny_encoder_dir, k)
+    texts = ["the broncos beat the panthers in the game", "insulin is made in the pancreas by cells"]
+    passages = memory_passages(reader, texts)
+    claims = (("the broncos won the game", 0, 0), ("insulin is made in the pancreas", 1, 0),
+              ("the broncos are made in the pancreas", 1, 1), ("insulin beat the panthers", 0, 1))
+    items = [ReadItem(f"q{i}", claim, (passages[j],), label=label) for i, (claim, j, label) in enumerate(claims)]
+    if k == LAYERS:  # full re-encoding reads the passage text, not its memory
+        items = [ReadItem(it.qid, it.question, tuple(text_passage(p.passage_id, p.text, reader.tokenizer, 128)
+                                                     for p in it.passages), label=it.label) for it in items]
+    batch = collate(reader.spec, reader.tokenizer, items)
+    reader.train()
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam([p for p in reader.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(80):
+        loss = reader(**batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    reader.eval()
+    with torch.no_grad():
+        predicted = reader(**batch)["logits"].argmax(-1).tolist()
+    assert predicted == [label for _, _, label in claims]
