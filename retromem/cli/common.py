@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,15 @@ def encoder_defaults_from_index(args, recorded):
         if getattr(args, key) is None and getattr(recorded, key) is not None:
             setattr(args, key, getattr(recorded, key))
     return args
+
+
+def print_beir_footer(result, start: float) -> None:
+    """What every BEIR evaluation prints under its table: queries without results, what the work directory
+    reused, the time (``start``: ``time.perf_counter()`` at the command's start) by stage, and where results are."""
+    if result.scores.num_missing:
+        print(f"{result.scores.num_missing} judged queries had no results and count as 0")
+    if result.reused:
+        print(f"reused from {result.workdir}: {', '.join(result.reused)}")
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"time: {time.perf_counter() - start:.1f}s ({timing})")
+    print(f"results: {result.results_path.parent}")

@@ -15,6 +15,7 @@ from retromem.cli.common import (
     check_output_folder,
     encoder_config,
     index_config,
+    print_beir_footer,
 )
 from retromem.cli.options import add_options, values_from_args
 from retromem.eval.beir_pipeline import BeirEvalConfig
@@ -79,13 +80,7 @@ def run(args) -> int:
         metrics = [f"{family}@{k}" for k in result.scores.k_values[:3] for family in ("NDCG", "Recall")]
     print(f"\nBEIR {result.metadata['dataset']} ({args.split}, {result.scores.num_queries} queries)\n")
     print(format_markdown_table({system: result.scores.mean}, metrics=metrics))
-    if result.scores.num_missing:
-        print(f"{result.scores.num_missing} judged queries had no results and count as 0")
-    if result.reused:
-        print(f"reused from {result.workdir}: {', '.join(result.reused)}")
-    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    print(f"time: {time.perf_counter() - start:.1f}s ({timing})")
-    print(f"results: {result.results_path.parent}")
+    print_beir_footer(result, start)
     return 0
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 from retromem.cli.options import add_options, config_from_args, values_from_args
 
 METHODS = ("dense", "bm25", "hybrid")
@@ -65,7 +63,7 @@ def refuse_unused(args, method: str, index_options: bool) -> None:
 
 
 def run(args, start: float) -> int:
-    from retromem.cli.common import encoder_config, index_config
+    from retromem.cli.common import encoder_config, index_config, print_beir_footer
     from retromem.cli.index_bm25 import bm25_config, bm25_index_config
     from retromem.errors import ConfigError
     from retromem.eval.beir_hybrid import FusionConfig, HybridEvalConfig, evaluate_bm25_beir
@@ -90,11 +88,5 @@ def run(args, start: float) -> int:
         tried = ", ".join(f"{a} {s:.4f}" for a, s in chosen["scores"].items())
         print(f"alpha {result.metadata['alpha']} (weight of BM25) was chosen on the {chosen['split']} split's "
               f"{chosen['queries']} queries by {chosen['metric']}, not on {args.split}: {tried}")
-    if result.scores.num_missing:
-        print(f"{result.scores.num_missing} judged queries had no results and count as 0")
-    if result.reused:
-        print(f"reused from {result.workdir}: {', '.join(result.reused)}")
-    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    print(f"time: {time.perf_counter() - start:.1f}s ({timing})")
-    print(f"results: {result.results_path.parent}")
+    print_beir_footer(result, start)
     return 0
