@@ -249,7 +249,32 @@ class BinaryCodec(Codec):
         self.trained = True
 
 
-class Int8Codec(Codec):
+class _FaissIndexCodec(Codec):
+    """A codec whose trained state is one FAISS index (``self.index``), coding through its standalone
+    ``sa_encode`` / ``sa_decode`` and stored as that index's serialisation (``codec-faiss.npy``)."""
+
+    def encode(self, x):
+        self._require_trained()
+        x = self._check_input(x)
+        return self.index.sa_encode(x) if len(x) else np.zeros((0, self.code_size), np.uint8)
+
+    def decode(self, codes):
+        self._require_trained()
+        codes = self._check_codes(codes)
+        return self.index.sa_decode(codes) if len(codes) else np.zeros((0, self.dim), np.float32)
+
+    def array_files(self):
+        return ["codec-faiss.npy"]
+
+    def save_arrays(self, folder):
+        _save_faiss(folder / "codec-faiss.npy", self.index)
+
+    def load_arrays(self, folder):
+        self.index = _load_faiss(folder / "codec-faiss.npy", self.dim)
+        self.trained = True
+
+
+class Int8Codec(_FaissIndexCodec):
     """FAISS ``SQ8``: 8 bits per dimension, over a per-dimension [min, max] range trained on a sample."""
 
     needs_training = True
@@ -279,28 +304,8 @@ class Int8Codec(Codec):
         trained = faiss.vector_to_array(faiss.downcast_index(self.index).sq.trained)
         return trained[:self.dim], trained[self.dim:]
 
-    def encode(self, x):
-        self._require_trained()
-        x = self._check_input(x)
-        return self.index.sa_encode(x) if len(x) else np.zeros((0, self.code_size), np.uint8)
 
-    def decode(self, codes):
-        self._require_trained()
-        codes = self._check_codes(codes)
-        return self.index.sa_decode(codes) if len(codes) else np.zeros((0, self.dim), np.float32)
-
-    def array_files(self):
-        return ["codec-faiss.npy"]
-
-    def save_arrays(self, folder):
-        _save_faiss(folder / "codec-faiss.npy", self.index)
-
-    def load_arrays(self, folder):
-        self.index = _load_faiss(folder / "codec-faiss.npy", self.dim)
-        self.trained = True
-
-
-class FaissCodec(Codec):
+class FaissCodec(_FaissIndexCodec):
     """``pq`` / ``opq`` / ``rq`` through FAISS's ``index_factory`` and ``sa_encode`` / ``sa_decode``."""
 
     needs_training = True
@@ -339,26 +344,6 @@ class FaissCodec(Codec):
         self.index.train(sample)
         self.trained = True
         return self
-
-    def encode(self, x):
-        self._require_trained()
-        x = self._check_input(x)
-        return self.index.sa_encode(x) if len(x) else np.zeros((0, self.code_size), np.uint8)
-
-    def decode(self, codes):
-        self._require_trained()
-        codes = self._check_codes(codes)
-        return self.index.sa_decode(codes) if len(codes) else np.zeros((0, self.dim), np.float32)
-
-    def array_files(self):
-        return ["codec-faiss.npy"]
-
-    def save_arrays(self, folder):
-        _save_faiss(folder / "codec-faiss.npy", self.index)
-
-    def load_arrays(self, folder):
-        self.index = _load_faiss(folder / "codec-faiss.npy", self.dim)
-        self.trained = True
 
 
 def codebook_bytes(folder: str | Path, codec: Codec) -> int:
