@@ -41,10 +41,15 @@ log = logging.getLogger(__name__)
 # The command line's text -> value for two options below (they must exist when the class is made).
 def parse_k_values(text: str) -> tuple[int, ...]:
     """``"1,10,100"`` -> ``(1, 10, 100)`` (the command line's --k-values)."""
+    return parse_int_list(text, "k_values (--k-values)")
+
+
+def parse_int_list(text: str, option_name: str) -> tuple[int, ...]:
+    """``"1,10"`` -> ``(1, 10)``; anything else is a ConfigError naming ``option_name``."""
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError as err:
-        raise ConfigError(f"k_values (--k-values) must be comma-separated integers, got {text!r}") from err
+        raise ConfigError(f"{option_name} must be comma-separated integers, got {text!r}") from err
 
 
 def parse_plot_metric(text: str) -> str | None:

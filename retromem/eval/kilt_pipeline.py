@@ -30,6 +30,7 @@ from retromem.data.kilt import KiltExample, ProvenanceReport, check_provenance, 
 from retromem.data.kilt_source import DEFAULT_PASSAGE_WORDS, passage_page
 from retromem.data.passage import Passage
 from retromem.errors import ConfigError, MissingDataError
+from retromem.eval.beir_pipeline import parse_int_list
 from retromem.eval.kilt import (
     DEFAULT_KS,
     KiltPrediction,
@@ -54,10 +55,7 @@ log = logging.getLogger(__name__)
 
 def parse_ks(text: str) -> tuple[int, ...]:
     """``"1,5"`` -> ``(1, 5)`` (the command line's --ks)."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError as err:
-        raise ConfigError(f"ks (--ks) must be comma-separated integers, got {text!r}") from err
+    return parse_int_list(text, "ks (--ks)")
 
 
 @dataclass
