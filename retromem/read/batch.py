@@ -21,7 +21,9 @@ class ReadPassage:
     ``token_ids`` [n] and ``spans`` [n, 2] are the memory's tokens (each kept vector stands for the original
     token positions ``[start, end)``; ``[i, i + 1]`` without merging); ``vectors`` [n, d] the decoded memory
     (None for a full re-encoding reader, which reads ``token_ids`` as text); ``text`` the text the memory
-    encoder tokenised, to map answer spans back to characters (None: answers are decoded from token ids).
+    encoder tokenised, to map answer spans back to characters (None: answers are decoded from token ids);
+    ``codes`` [n, M] the memory's pq sub-codes instead of ``vectors``, for a reader that decodes them with its own
+    tuned codebook (:mod:`retromem.read.codebook`).
     """
 
     passage_id: str
@@ -30,6 +32,7 @@ class ReadPassage:
     vectors: np.ndarray | None = None
     text: str | None = None
     page_id: str | None = None
+    codes: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -104,19 +107,22 @@ def collate(spec: ReaderSpec, tokenizer: Any, items: Sequence[ReadItem], passage
         batch.update(pair_ids=ids, pair_types=types, pair_mask=mask)
     else:
         lm = max(passage.size for item in items for passage in item.passages[:p_count])
-        dim = next(passage.vectors.shape[1] for item in items for passage in item.passages)
-        memory = torch.zeros((b, p_count, lm, dim), dtype=torch.float32)
+        first = next(passage for item in items for passage in item.passages)
+        coded = first.codes is not None  # pq sub-codes, decoded by the reader's tuned codebook
+        width = first.codes.shape[1] if coded else first.vectors.shape[1]
+        memory = torch.zeros((b, p_count, lm, width), dtype=torch.long if coded else torch.float32)
         memory_mask = torch.zeros((b, p_count, lm), dtype=torch.long)
         index = torch.full((b, p_count, lq + lm), -1, dtype=torch.long)
         for i, item in enumerate(items):
             offsets.append([])
             for j, passage in enumerate(item.passages[:p_count]):
                 n = passage.size
-                memory[i, j, :n] = torch.from_numpy(np.asarray(passage.vectors, dtype=np.float32))
+                memory[i, j, :n] = torch.from_numpy(np.asarray(passage.codes, dtype=np.int64) if coded
+                                                    else np.asarray(passage.vectors, dtype=np.float32))
                 memory_mask[i, j, :n] = 1
                 offsets[i].append(lq)
                 _fill_index(index[i, j], passage.token_ids, lq, special, skip_first=False)
-        batch.update(memory=memory, memory_mask=memory_mask)
+        batch.update({"memory_codes" if coded else "memory": memory, "memory_mask": memory_mask})
     batch["token_index"] = index
     length = index.shape[-1]
     if spec.head == "classification" and all(item.label is not None for item in items):

@@ -73,6 +73,7 @@ def live_memory_for(reader: Any, config: ReaderPredictConfig, run: Any) -> Any:
     """A memory of the passages ``config`` reads, made as the reader's memory was (encoder, layer, codec)."""
     from retromem.index.encoder import Encoder, EncoderConfig
     from retromem.index.memory_codecs import make_codec
+    from retromem.read.codebook import reader_memory_codec
     from retromem.read.memory import LiveMemory
     from retromem.read.questions import reading_set
 
@@ -80,6 +81,7 @@ def live_memory_for(reader: Any, config: ReaderPredictConfig, run: Any) -> Any:
     data = reading_set(config, run=run)
     encoder = Encoder(EncoderConfig(model=info.encoder.get("model_path") or info.encoder["model"],
                                     precision=info.encoder.get("precision") or "fp32"))
-    codec = make_codec(info.codec["name"], encoder.dim, **info.codec.get("params", {}))
+    # a tuned pq codebook decodes only codes assigned by the codebook it started from: code with that one
+    codec = reader_memory_codec(reader) or make_codec(info.codec["name"], encoder.dim, **info.codec.get("params", {}))
     passages = [data.passages[i] for i in sorted(data.passages)]
     return LiveMemory(encoder, passages, info.layer, codec)

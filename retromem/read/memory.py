@@ -16,6 +16,7 @@ import numpy as np
 from retromem.data.passage import Passage
 from retromem.errors import DataError
 from retromem.read.batch import ReadPassage, text_passage
+from retromem.read.codebook import codebook_shape, require_codebook, unpack_codes
 from retromem.read.reader_config import ReaderSpec
 
 _NAMED = 5
@@ -30,7 +31,9 @@ class PassageReader:
     """``read(ids)``: the passages ``ids`` as the reader reads them: memory tokens and decoded vectors from
     ``memory`` (anything with ``ids()``, ``gather(ids)`` giving objects with ``vectors``, ``token_ids``,
     ``spans``), or, for k = N, the passage text (``passages``) tokenised. ``passages`` also gives span answers
-    their text."""
+    their text. For a reader with a tuned pq codebook (``spec.tuned_codebook``) the memory's undecoded codes
+    (``gather_codes(ids)``), unpacked to sub-codes, instead of decoded vectors; a memory coded with another
+    codebook than the reader's started from is refused."""
 
     def __init__(self, spec: ReaderSpec, tokenizer: Any, passages: Mapping[str, Passage], memory: Any = None,
                  where: str | Path = "the memory", max_length: int = 256):
@@ -41,6 +44,11 @@ class PassageReader:
         self.where = where
         self.max_length = max_length
         self._ids = set(memory.ids()) if memory is not None else None
+        self._codebook = None  # (M, nbits) where the reader decodes codes itself
+        if spec.tuned_codebook and not spec.full and memory is not None:
+            require_codebook(spec.memory.tuned_codebook, memory, where)
+            m, nbits, _ = codebook_shape(spec.memory.codec)
+            self._codebook = (m, nbits)
 
     def missing(self, ids: Iterable[str]) -> list[str]:
         """The ``ids`` this reader cannot read (absent from the memory, or, for k = N, from the passages)."""
@@ -64,21 +72,30 @@ class PassageReader:
                 out.append(text_passage(i, memory_text(passage, self.spec.passage_prefix), self.tokenizer,
                                         min(self.max_length, self.spec.max_passage_length), passage.page_id))
             return out
-        memories = self.memory.gather(list(ids))
+        if self._codebook is not None:
+            memories = [_Memory(i, None, tokens, spans, codes)
+                        for i, (codes, tokens, spans) in zip(ids, self.memory.gather_codes(list(ids)))]
+        else:
+            memories = self.memory.gather(list(ids))
         out = []
         for i, mem in zip(ids, memories):
             passage = self.passages.get(i)
             n = min(len(mem.token_ids), self.spec.max_passage_length)
-            out.append(ReadPassage(i, np.asarray(mem.token_ids[:n]), np.asarray(mem.spans[:n]),
-                                   np.asarray(mem.vectors[:n], dtype=np.float32),
+            vectors = codes = None
+            if self._codebook is not None:
+                codes = unpack_codes(np.asarray(mem.codes[:n]), *self._codebook)
+            else:
+                vectors = np.asarray(mem.vectors[:n], dtype=np.float32)
+            out.append(ReadPassage(i, np.asarray(mem.token_ids[:n]), np.asarray(mem.spans[:n]), vectors,
                                    memory_text(passage, self.spec.passage_prefix) if passage is not None else None,
-                                   passage.page_id if passage is not None else None))
+                                   passage.page_id if passage is not None else None, codes))
         return out
 
 
 class _Memory:
-    def __init__(self, passage_id, vectors, token_ids, spans):
+    def __init__(self, passage_id, vectors, token_ids, spans, codes=None):
         self.passage_id, self.vectors, self.token_ids, self.spans = passage_id, vectors, token_ids, spans
+        self.codes = codes
 
 
 class LiveMemory:
@@ -120,6 +137,10 @@ class LiveMemory:
 
     def gather(self, ids: Sequence[str]) -> list[_Memory]:
         return [_Memory(i, self.codec.decode(self._codes[i][0]), self._codes[i][1], self._codes[i][2]) for i in ids]
+
+    def gather_codes(self, ids: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per id, ``(codes uint8 [n, code_size], token_ids [n], spans [n, 2])``, undecoded (as a store gives)."""
+        return [self._codes[i] for i in ids]
 
     def info(self) -> tuple[dict, int, dict]:
         return self.encoder_meta, self.layer, self.codec.to_json()

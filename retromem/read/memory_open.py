@@ -1,6 +1,7 @@
 """Opening a token-memory store folder for reading (:func:`open_memory`): the store of
 :mod:`retromem.index.memory_store`, seen through the three things the reader asks of a memory --
-``ids()``, ``gather(ids)`` (decoded vectors, token ids, spans) and ``info()`` (encoder, layer, codec)."""
+``ids()``, ``gather(ids)`` (decoded vectors, token ids, spans) and ``info()`` (encoder, layer, codec); and
+``codec`` with ``gather_codes(ids)`` (undecoded) for a reader with a tuned pq codebook."""
 
 from __future__ import annotations
 
@@ -21,8 +22,16 @@ class StoreMemory:
     def ids(self) -> list[str]:
         return list(self.store.ids())
 
+    @property
+    def codec(self) -> Any:
+        return self.store.codec
+
     def gather(self, ids: Sequence[str]) -> list[Any]:
         return self.store.gather(list(ids))
+
+    def gather_codes(self, ids: Sequence[str]) -> list[Any]:
+        """Undecoded ``(codes, token_ids, spans)`` per id (for a reader that decodes with its tuned codebook)."""
+        return self.store.gather_codes(list(ids))
 
     def info(self) -> tuple[dict[str, Any], int, dict[str, Any]]:
         meta = self.store.meta

@@ -15,7 +15,8 @@ Heads (:mod:`retromem.read.heads`) read the live outputs of all of a question's 
 (a decoder cross-attending to the concatenated live outputs, FiD-style).
 
 Batches (:mod:`retromem.read.batch` builds them) hold, with B questions and P passages each:
-``question_ids``/``question_mask`` [B, Lq]; for k < N ``memory`` [B, P, Lm, d] and ``memory_mask`` [B, P, Lm];
+``question_ids``/``question_mask`` [B, Lq]; for k < N ``memory`` [B, P, Lm, d] (or, for a reader with a tuned pq
+codebook, :mod:`retromem.read.codebook`, ``memory_codes`` [B, P, Lm, M]) and ``memory_mask`` [B, P, Lm];
 for k = N ``pair_ids``/``pair_types``/``pair_mask`` [B, P, L]; ``token_index`` [B, P, L_live] (the position of
 each live token in its passage's memory, -1 for question, special and padding tokens); ``passage_mask``
 [B, P]; targets ``labels`` [B] / ``start``, ``end`` [B] (flat over P x L_live, -100: none) / ``answer_ids`` [B, La].
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from retromem.read.codebook import CodebookDecoder, codebook_shape
 from retromem.read.heads import ClassificationHead, GenerativeHead, SpanHead
 from retromem.read.reader_config import ReaderSpec
 
@@ -55,6 +57,9 @@ class MemoryReader(nn.Module):
         else:
             self.head = GenerativeHead(hidden, decoder if decoder is not None else _bert_decoder(encoder, spec),
                                        tokenizer, spec)
+        self.codebook = None
+        if spec.tuned_codebook:  # MEMORY-VQ: the pq memory's codes decoded by the reader's own, trained, centroids
+            self.codebook = CodebookDecoder(*codebook_shape(spec.memory.codec))
         if not spec.full:  # the memory encoder is fixed: it made the memory, and encodes the question like it
             for module in (encoder.embeddings, *layers[:spec.memory_layer]):
                 module.requires_grad_(False)
@@ -112,7 +117,7 @@ class MemoryReader(nn.Module):
                                token_type_ids=batch["pair_types"].view(b * p, length)).last_hidden_state
             return out.view(b, p, length, -1), mask
         question = self.lower_states(batch["question_ids"], batch["question_mask"])
-        memory, memory_mask = batch["memory"], batch["memory_mask"]
+        memory, memory_mask = self.memory_states(batch), batch["memory_mask"]
         b, p, lm, d = memory.shape
         lq = question.shape[1]
         hidden = torch.cat([question.unsqueeze(1).expand(b, p, lq, d).to(memory.dtype), memory], dim=2)
@@ -120,6 +125,16 @@ class MemoryReader(nn.Module):
         out = self.run_layers(hidden.reshape(b * p, lq + lm, d), mask.reshape(b * p, lq + lm),
                               self.spec.memory_layer, self.spec.num_layers)
         return out.view(b, p, lq + lm, d), mask
+
+    def memory_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The decoded memory [B, P, Lm, d]: the batch's ``memory``, or, for a reader with a tuned codebook, its
+        ``memory_codes`` [B, P, Lm, M] decoded through the codebook (differentiably in the centroids)."""
+        if self.codebook is None:
+            return batch["memory"]
+        if "memory_codes" not in batch:
+            raise ValueError("this reader decodes its memory with its tuned codebook: the batch must carry "
+                             "memory_codes (PassageReader gives codes for such a reader)")
+        return self.codebook(batch["memory_codes"])
 
     # ---- forward ---------------------------------------------------------------------------------------
 

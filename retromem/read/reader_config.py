@@ -20,11 +20,15 @@ class MemoryInfo:
 
     ``encoder`` is the flat encoder metadata (``Encoder.metadata()``), ``codec`` the codec's JSON
     (``{"name": ..., ...params}``; for reading, only the name and parameters matter, not trained codebooks).
+    ``tuned_codebook``: for a reader trained with ``--tune-codebook`` (:mod:`retromem.read.codebook`), the digest
+    of the memory's pq codebook its own tuned one started from (it decodes only codes assigned by that codebook);
+    None: the reader reads the memory decoded by its codec.
     """
 
     encoder: dict[str, Any]
     layer: int
     codec: dict[str, Any]
+    tuned_codebook: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -32,7 +36,8 @@ class MemoryInfo:
     @classmethod
     def from_json(cls, values: dict[str, Any] | None) -> MemoryInfo | None:
         return None if values is None else cls(encoder=dict(values["encoder"]), layer=int(values["layer"]),
-                                                codec=dict(values["codec"]))
+                                                codec=dict(values["codec"]),
+                                                tuned_codebook=values.get("tuned_codebook"))
 
 
 @dataclass
@@ -71,6 +76,11 @@ class ReaderSpec:
     def memory_layer(self) -> int:
         """The encoder layer whose output the memory holds (0 = the embedding output)."""
         return self.num_layers - self.live_layers
+
+    @property
+    def tuned_codebook(self) -> bool:
+        """Whether the reader decodes its pq memory's codes with its own tuned codebook (``--tune-codebook``)."""
+        return self.memory is not None and self.memory.tuned_codebook is not None
 
     @property
     def full(self) -> bool:

@@ -32,6 +32,7 @@ from retromem.model_paths import model_fingerprint, resolve_model_path
 from retromem.pretrain.run import FINAL_DIR, save_final_folder, start_run, trainer_arguments
 from retromem.read.batch import ReadItem, collate
 from retromem.read.checkpoint import WEIGHTS_FILE, memory_info, require_memory, save_reader
+from retromem.read.codebook import check_tunable, codebook_digest, pq_centroids
 from retromem.read.memory import PassageReader
 from retromem.read.memory_open import open_memory
 from retromem.read.model import MemoryReader
@@ -55,6 +56,9 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
     model_path = resolve_model_path(config.model)
     layers = encoder_layers(model_path)
     check_k(config.live_layers, layers, config.model)
+    if config.tune_codebook and config.live_layers == layers:
+        raise ConfigError(f"--tune-codebook tunes the pq codebook of the memory the reader reads, and --k {layers} "
+                          "re-encodes the passage text (no memory): give a --k below the encoder's layers")
     data = reading_set(config, force_gold=config.force_gold)
     head = choose_head(config.head, data)
     labels = task_labels(data) if head == "classification" else []
@@ -72,6 +76,8 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
                     opaque={"data_key": "the task, the run, the knowledge source or the memory"})
     set_seed(config.seed)
     reader = MemoryReader.from_encoder(spec, model_path)
+    if reader.codebook is not None:
+        reader.codebook.start_from(memory.codec)  # the memory's own centroids, then trained with the reader
     source = PassageReader(spec, reader.tokenizer, data.passages, memory, where,
                            max_length=int(memory_meta.get("encoder", {}).get("max_length") or 512))
     source.require({pid for q in data.questions for pid in q.passage_ids})
@@ -86,7 +92,7 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
              len(data.questions), config.passages, data.forced, precision, run.resuming())
     trainer = ReaderTrainer(model=reader, args=args, train_dataset=list(range(len(data.questions))),
                             data_collator=collator, head_learning_rate=config.head_learning_rate,
-                            callbacks=list(callbacks))
+                            codebook_learning_rate=config.codebook_learning_rate, callbacks=list(callbacks))
     run.attach(trainer, log)
     run.accept()
     outcome = run.train(trainer, lambda checkpoint: _load_weights(reader, checkpoint))
@@ -129,12 +135,14 @@ class ReadingCollator:
 
 
 class ReaderTrainer(Trainer):
-    """``Trainer`` for the reader: the fresh head at its own learning rate, checkpoints as safetensors of the
-    reader's weights (no pickled ``training_args.bin``)."""
+    """``Trainer`` for the reader: the fresh head at its own learning rate (and a tuned pq codebook at its own,
+    default the head's), checkpoints as safetensors of the reader's weights (no pickled ``training_args.bin``)."""
 
-    def __init__(self, *args: Any, head_learning_rate: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, head_learning_rate: float | None = None,
+                 codebook_learning_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.head_learning_rate = head_learning_rate
+        self.codebook_learning_rate = codebook_learning_rate
         self.model_accepts_loss_kwargs = False
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -142,10 +150,12 @@ class ReaderTrainer(Trainer):
             return self.optimizer
         target = self.accelerator.unwrap_model(self.model if model is None else model)
         head = {id(p) for p in target.head.parameters()}
+        codebook = {id(p) for p in target.codebook.parameters()} if target.codebook is not None else set()
         params = [p for p in target.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if id(p) not in head], "lr": self.args.learning_rate},
-                  {"params": [p for p in params if id(p) in head], "lr": self.head_learning_rate or
-                   self.args.learning_rate}]
+        head_lr = self.head_learning_rate or self.args.learning_rate
+        groups = [{"params": [p for p in params if id(p) not in head | codebook], "lr": self.args.learning_rate},
+                  {"params": [p for p in params if id(p) in head], "lr": head_lr},
+                  {"params": [p for p in params if id(p) in codebook], "lr": self.codebook_learning_rate or head_lr}]
         for group in groups:
             group["weight_decay"] = self.args.weight_decay
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(self.args.adam_beta1,
@@ -231,6 +241,12 @@ def _memory(config: ReaderTrainConfig, spec: ReaderSpec, memory: Any, model_path
     spec.memory = memory_info(encoder, layer, codec)
     spec.passage_prefix = encoder.get("passage_prefix") or ""
     require_memory(spec, encoder, layer, codec, where)
+    if config.tune_codebook:
+        check_tunable(codec, where)
+        if getattr(memory, "codec", None) is None or not hasattr(memory, "gather_codes"):
+            raise ConfigError(f"--tune-codebook reads the pq codes of {where}, which gives none (no codec and "
+                              "gather_codes)")
+        spec.memory.tuned_codebook = codebook_digest(pq_centroids(memory.codec))
     return memory, where, {"encoder": encoder, "layer": layer, "codec": codec}
 
 

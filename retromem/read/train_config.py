@@ -24,7 +24,8 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
     KIND = "reader training"
     RESUME_MUST_MATCH = (*RunSettings.RESUME_MUST_MATCH, "model", "live_layers", "head", "passages", "force_gold",
                          "batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "limit",
-                         "decoder_layers", "decoder_model", "max_question_length", "max_passage_length")
+                         "decoder_layers", "decoder_model", "max_question_length", "max_passage_length",
+                         "tune_codebook", "codebook_learning_rate")
 
     output_dir: str = option("runs/reader", flag="--output", metavar="OUTPUT", help="run folder: checkpoints, final/")
     model: str = option(DEFAULT_MODEL, help="the encoder whose layers the reader splits (the memory's encoder)")
@@ -48,9 +49,18 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
     head_learning_rate: float = option(1e-3, flag="--head-lr", metavar="LR", gt=0, help="learning rate of the "
                                        "fresh head")
     warmup_ratio: float = option(0.1, min=0, help="share of the steps spent warming up (below 1)")
+    tune_codebook: bool = option(False, help="MEMORY-VQ-style: train the centroids of a pq --memory's codebook "
+                                 "with the reader (it decodes the stored codes itself, the codes stay fixed: "
+                                 "straight through); needs codec pq and --k below the encoder's layers")
+    codebook_learning_rate: float | None = option(None, flag="--codebook-lr", metavar="LR", gt=0,
+                                                  help="with --tune-codebook: learning rate of the pq centroids "
+                                                  "(default: --head-lr)")
 
     def validate(self) -> None:
         check_reading(self)
         self.check_run_options()
         if self.warmup_ratio >= 1:
             raise ConfigError(f"{named(self, 'warmup_ratio')} must be below 1, got {self.warmup_ratio}")
+        if self.codebook_learning_rate is not None and not self.tune_codebook:
+            raise ConfigError(f"{named(self, 'codebook_learning_rate')} sets the learning rate of a tuned pq "
+                              "codebook: give --tune-codebook too")
