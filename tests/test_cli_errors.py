@@ -776,6 +776,8 @@ def test_read_numeric_options_at_zero_and_negative(command, option, value, read_
     ("train", ["--run", "{tmp}"], ["is a folder without results.json"]),
     ("train", ["--task", "{tmp}/none.jsonl"], ["none.jsonl", "does not exist"]),
     ("train", ["--head", "span"], ["span head cannot express"]),
+    ("train", ["--tune-codebook"], ["--tune-codebook tunes the pq codebook", "--k 2 re-encodes the passage text"]),
+    ("train", ["--codebook-lr", "0.1"], ["(--codebook-lr) sets the learning rate", "give --tune-codebook too"]),
     ("predict", [], ["not a reader folder"]),
     ("memory", ["--k", str(HUGE)], [f"--k {HUGE}: the encoder"]),
     ("memory", ["--k", "2"], ["re-encodes the passage text", "reads no memory"]),
