@@ -64,6 +64,9 @@ def run(args) -> int:
         return _score_predictions(args)
     if args.workdir is not None:
         check_output_folder(args.workdir, "--workdir")
+    hook = _reader_hook() if getattr(args, "reader_hook", False) else None
+    if hook is not None and hasattr(hook, "check"):
+        hook.check(args)  # the reader's options refused before any retrieval
     config = KiltEvalConfig(**values_from_args(KiltEvalConfig, args), encoder=encoder_config(args),
                             index=index_config(args), show_progress=True)
     result = evaluate_kilt(config)

@@ -16,7 +16,7 @@ from retromem.cli.common import (
 )
 from retromem.cli.options import add_options, config_from_args
 from retromem.cli.training import RUN_OPTIONS, add_training_options
-from retromem.read.read_options import ReaderMemoryConfig, ReaderPredictConfig, ReadingOptions
+from retromem.read.read_options import RERANK_FIELDS, ReaderMemoryConfig, ReaderPredictConfig, ReadingOptions
 from retromem.read.train_config import ReaderTrainConfig
 
 READING = tuple(f for f in ReadingOptions.__dataclass_fields__)
@@ -45,8 +45,11 @@ def add_parser(sub) -> None:
         description="Read the top --passages of --run for each question of --task with the reader, and write KILT "
                     "predictions (the answer, and the pages of the run's ranking as provenance) to --output, which "
                     "`retromem eval kilt --task ... --predictions FILE` scores. Prints the reading throughput "
-                    "(memory gather + the reader; retrieval excluded).")
-    add_options(pr, ReaderPredictConfig, required=("task", "run", "reader", "output"))
+                    "(memory gather + the reader; retrieval excluded). With --rerank memory the top "
+                    "--rerank-depth passages of each question are first reranked by MaxSim over a token memory "
+                    "(GLIMMER-style), timed apart.")
+    add_options(pr, ReaderPredictConfig, exclude=RERANK_FIELDS, required=("task", "run", "reader", "output"))
+    add_options(pr.add_argument_group("memory reranking before reading"), ReaderPredictConfig, only=RERANK_FIELDS)
     m = add_command(
         read_sub, "memory", run_memory, help="build the token memory of only the passages a task reads",
         description="Build the token memory (layer N - --k of the encoder, in --codec) of the passages --run "
@@ -74,10 +77,32 @@ def run_predict(args) -> int:
 
     check_output_file(Path(args.output))
     config = config_from_args(ReaderPredictConfig, args)
+    refuse_rerank_options_alone(args, config.rerank)
     outcome = predict(config)
     print(f"read {outcome.questions} questions in {outcome.reading_seconds:.1f}s "
-          f"({outcome.questions_per_second:.1f} questions/s, retrieval excluded) -> {config.output}")
+          f"({outcome.questions_per_second:.1f} questions/s, retrieval excluded{rerank_note(outcome)}) -> "
+          f"{config.output}")
     return 0
+
+
+def refuse_rerank_options_alone(args, rerank: str | None) -> None:
+    """Reranking options given without ``--rerank memory`` would be ignored: refuse them."""
+    from retromem.errors import ConfigError
+
+    if rerank is not None:
+        return
+    given = [f for f in ("--rerank-depth", "--rerank-weight", "--rerank-memory") if f in getattr(args, "given", ())]
+    if given:
+        raise ConfigError(f"{', '.join(given)} set up memory reranking: give --rerank memory too, or leave them out")
+
+
+def rerank_note(outcome) -> str:
+    """The footer's words on memory reranking (timed apart from the reading), empty without it."""
+    if outcome.rerank is None:
+        return ""
+    info = outcome.rerank
+    return (f"; memory rerank of the top {info['depth']} ({info['codec']}, layer {info['layer']}) "
+            f"{outcome.rerank_seconds:.1f}s apart")
 
 
 def run_memory(args) -> int:

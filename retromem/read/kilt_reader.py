@@ -5,13 +5,17 @@ are scored with the official KILT metrics beside the retrieval-only scores.
 With no ``memory`` folder, a reader of k < N live layers reads a memory computed for the retrieved passages on
 the fly (its encoder's states at its layer, through a codec of its kind trained on them): what ``retromem read
 memory`` would store, without the folder.
+
+With ``rerank`` (:class:`retromem.read.read_options.ReadRerankOptions`, ``rerank="memory"``) the pipeline's ranked
+passages are first reranked by MaxSim over a token memory (:mod:`retromem.read.rerank`: ``memory``, else
+``rerank.rerank_memory``); the memory computed on the fly, if any, is of the reranked top passages.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +38,10 @@ class ReaderEvalResult:
 
 def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | None = None, passages: int = 5,
                    batch_size: int = 16, output_dir: str | Path | None = None, device: str | None = None,
-                   show_progress: bool = False) -> ReaderEvalResult:
+                   show_progress: bool = False, rerank: Any = None) -> ReaderEvalResult:
     """Read the questions of ``retrieval`` (a :class:`retromem.eval.kilt_pipeline.KiltEvalResult`) with the
-    reader in ``reader_dir`` over its ranked passages; score and write the results (``output_dir``, default
+    reader in ``reader_dir`` over its ranked passages (reranked from a token memory first with ``rerank``, a
+    :class:`retromem.read.read_options.ReadRerankOptions`); score and write the results (``output_dir``, default
     ``<retrieval results>/reader``)."""
     started = time.perf_counter()
     reader = load_reader(reader_dir, device or "cpu")
@@ -48,14 +53,23 @@ def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | 
                                  passage_stride=(words.get("stride") if words.get("stride") != words.get("words")
                                                  else None),
                                  reader=str(reader_dir), output=str(out / "predictions.jsonl"), batch_size=batch_size,
-                                 device=device, show_progress=show_progress)
+                                 device=device, show_progress=show_progress,
+                                 **(asdict(rerank) if rerank is not None else {}))
+    config.validate()
+    run, reranked = retrieval.run, None
+    if config.rerank:
+        from retromem.read.rerank import rerank_for_reading
+
+        reranked = rerank_for_reading(config, reader.spec, run, {e.id: e.input for e in retrieval.examples},
+                                      memory=memory, device=device, show_progress=show_progress)
+        run = reranked.run
     live = None
     built = 0.0
     if not reader.spec.full and not memory:
         clock = time.perf_counter()
-        live = live_memory_for(reader, config, retrieval.run)
+        live = live_memory_for(reader, config, run)
         built = time.perf_counter() - clock
-    outcome = predict(config, memory=live, reader=reader, run=retrieval.run)
+    outcome = predict(config, memory=live, reader=reader, run=run, reranked=reranked)
     scores = score_kilt(retrieval.examples, outcome.predictions, ks=retrieval.scores.ks)
     spec = reader.spec
     metadata = {**{k: v for k, v in retrieval.metadata.items() if k not in ("predictions", "system")},
@@ -63,9 +77,11 @@ def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | 
                 "reader": str(reader_dir), "memory": str(memory) if memory else ("computed for the retrieved passages"
                                                                                if live is not None else None),
                 "passages_read": passages, "reading_questions_per_second": outcome.questions_per_second,
+                "rerank": outcome.rerank,
                 "predictions": str(out / "predictions.jsonl")}
     results_path = write_kilt_results(out, scores, metadata)
-    seconds = {"memory": built, "reading": outcome.reading_seconds, "total": time.perf_counter() - started}
+    seconds = {"memory": built, "rerank": outcome.rerank_seconds, "reading": outcome.reading_seconds,
+               "total": time.perf_counter() - started}
     return ReaderEvalResult(scores, outcome, results_path, out / "predictions.jsonl", seconds)
 
 

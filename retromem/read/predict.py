@@ -1,6 +1,10 @@
 """Predicting with a reader (``retromem read predict``): for each question of a KILT task, read its retrieved
 passages (from the memory, or their text for k = N) and write KILT predictions: the answer, and the pages of the
-retrieved passages as provenance (rank order), which ``retromem eval kilt --predictions`` scores."""
+retrieved passages as provenance (rank order), which ``retromem eval kilt --predictions`` scores.
+
+With ``--rerank memory`` the run's top ``--rerank-depth`` passages of each question are first reranked by MaxSim
+over a token memory (:mod:`retromem.read.rerank`); the reader reads, and the provenance follows, the new order.
+The reranking is timed apart from the reading."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from retromem.read.batch import ReadItem, collate
 from retromem.read.checkpoint import load_reader, require_memory
 from retromem.read.memory import PassageReader
 from retromem.read.memory_open import open_memory
-from retromem.read.questions import ReadingSet, page_of, reading_set
+from retromem.read.questions import ReadingSet, page_of, reading_set, resolve_run, subsample
 from retromem.read.read_options import ReaderPredictConfig
 from retromem.read.span import best_spans, span_text
 from retromem.retrieve.runfile import Run, ranked_docs, read_trec_run
@@ -32,28 +36,37 @@ _NAMED = 5
 @dataclass
 class PredictOutcome:
     """The predictions and the reading time (memory gather, batching and the reader's forward; retrieval, which
-    came before, not included)."""
+    came before, not included), and the time of memory reranking before reading (``rerank_seconds``, apart;
+    ``rerank``: what was reranked from, None without reranking)."""
 
     predictions: list[KiltPrediction]
     reading_seconds: float
     questions: int
     data: ReadingSet | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    rerank_seconds: float = 0.0
+    rerank: dict[str, Any] | None = None
 
     @property
     def questions_per_second(self) -> float:
         return self.questions / self.reading_seconds if self.reading_seconds > 0 else float("inf")
 
 
-def predict(config: ReaderPredictConfig, memory: Any = None, reader: Any = None, run: Run | None = None
-            ) -> PredictOutcome:
+def predict(config: ReaderPredictConfig, memory: Any = None, reader: Any = None, run: Run | None = None,
+            reranked: Any = None) -> PredictOutcome:
     """Read every question of ``config.task`` (see the module's doc); write ``config.output`` when given.
-    ``memory``/``reader``/``run``: objects to use instead of the folders and file the config names."""
+    ``memory``/``reader``/``run``: objects to use instead of the folders and file the config names;
+    ``reranked``: a :class:`retromem.read.rerank.RerankOutcome` of ``run`` already made (then ``run`` is its run
+    and it is not reranked again)."""
     config.validate()
     device = check_device(config.device)
     reader = reader if reader is not None else load_reader(config.reader, device)
     spec = reader.spec
-    run = run if run is not None else read_trec_run(config.run)
+    run = run if run is not None else read_trec_run(resolve_run(config.run))
+    if reranked is None and config.rerank:
+        reranked = rerank_run(config, spec, run)
+    if reranked is not None:
+        run = reranked.run
     data = reading_set(config, run=run)
     check_answers_expressible(spec, data)
     if not spec.full:
@@ -75,7 +88,19 @@ def predict(config: ReaderPredictConfig, memory: Any = None, reader: Any = None,
     if config.output:
         titles = {p.page_id: p.title for p in data.passages.values() if p.page_id}
         write_kilt_predictions(config.output, predictions, titles=titles)
-    return PredictOutcome(predictions, seconds, len(data.questions), data)
+    return PredictOutcome(predictions, seconds, len(data.questions), data,
+                          rerank_seconds=reranked.seconds if reranked is not None else 0.0,
+                          rerank=reranked.info if reranked is not None else None)
+
+
+def rerank_run(config: ReaderPredictConfig, spec: Any, run: Run) -> Any:
+    """``run`` reranked from a token memory for the questions ``config`` reads (:mod:`retromem.read.rerank`)."""
+    from retromem.data.kilt import read_kilt_task, resolve_kilt_task
+    from retromem.read.rerank import rerank_for_reading
+
+    examples = subsample(read_kilt_task(resolve_kilt_task(config.task).path), config.limit, 0)
+    return rerank_for_reading(config, spec, run, {e.id: e.input for e in examples}, memory=config.memory,
+                              device=config.device, show_progress=config.show_progress)
 
 
 def read_answers(reader: Any, source: PassageReader, data: ReadingSet, batch_size: int, precision: str,

@@ -43,8 +43,43 @@ def check_reading(options: ReadingOptions) -> None:
 
 
 @dataclass
-class ReaderPredictConfig(ReadingOptions):
-    """One prediction run over a task."""
+class ReadRerankOptions:
+    """GLIMMER-style memory reranking before reading (``--rerank memory``): the first stage's top
+    ``rerank_depth`` passages of each question are rescored by MaxSim over a token memory
+    (:class:`retromem.retrieve.memory_rerank.MemoryReranker`) and the reader reads the top ``passages`` of the
+    new order."""
+
+    rerank: str | None = option(None, choices=("memory",), help="rerank each question's top --rerank-depth passages "
+                                "of the run by late interaction (MaxSim) over a token memory before reading: the "
+                                "reader's --memory, or --rerank-memory")
+    rerank_depth: int = option(20, min=1, help="passages of each question reranked (at least --passages; the "
+                               "memory must hold them)")
+    rerank_weight: float = option(0.0, min=0, help="reranked score = MaxSim + this x the run's score (0: MaxSim "
+                                  "alone)")
+    rerank_memory: str | None = option(None, help="token memory folder to rerank from (any layer and codec of the "
+                                       "reader's encoder, e.g. a binary memory from `retromem index memory`; "
+                                       "default: --memory); a full re-encoding reader (k = N) needs it")
+
+
+#: The reranking options' field names (their own argument group on the command line).
+RERANK_FIELDS = tuple(ReadRerankOptions.__dataclass_fields__)
+
+
+def check_rerank(options: ReadRerankOptions, passages: int) -> None:
+    """Refuse a rerank depth below the passages read, and a --rerank-memory without --rerank memory."""
+    if options.rerank is None:
+        if options.rerank_memory:
+            raise ConfigError("--rerank-memory is read by memory reranking: give --rerank memory too, or leave it out")
+        return
+    if options.rerank_depth < passages:
+        raise ConfigError(f"{named(options, 'rerank_depth')} {options.rerank_depth} is below the {passages} passages "
+                          "read (--passages): rerank at least as many passages as the reader reads")
+
+
+@dataclass
+class ReaderPredictConfig(ReadRerankOptions, ReadingOptions):
+    """One prediction run over a task (its fields: :class:`ReadingOptions`', :class:`ReadRerankOptions`', then
+    these)."""
 
     reader: str | None = option(None, help="reader folder (the final/ of `retromem read train`)")
     output: str | None = option(None, help="KILT predictions file to write (.jsonl)")
@@ -57,6 +92,7 @@ class ReaderPredictConfig(ReadingOptions):
 
     def validate(self) -> None:
         check_reading(self)
+        check_rerank(self, self.passages)
 
 
 @dataclass
