@@ -525,6 +525,8 @@ def _kilt(files, tiny_model_dir, *extra) -> list[str]:
     (["--ks", "five"], ["--ks"]),
     (["--method", "nope"], ["--method", "'nope'", "dense"]),
     (["--source", "nowhere/ks.jsonl"], ["nowhere/ks.jsonl", "does not exist"]),
+    (["--rerank", "memory", "--rerank-depth", "9"], ["--rerank, --rerank-depth rerank the passages a reader reads: "
+                                                     "give --reader too"]),
 ])
 def test_eval_kilt_refuses_bad_options(extra, fragments, kilt_files, tiny_model_dir, capsys):
     one_line_error(capsys, main(_kilt(kilt_files, tiny_model_dir, *extra)), *fragments)
@@ -779,6 +781,9 @@ def test_read_numeric_options_at_zero_and_negative(command, option, value, read_
     ("train", ["--tune-codebook"], ["--tune-codebook tunes the pq codebook", "--k 2 re-encodes the passage text"]),
     ("train", ["--codebook-lr", "0.1"], ["(--codebook-lr) sets the learning rate", "give --tune-codebook too"]),
     ("predict", [], ["not a reader folder"]),
+    ("predict", ["--passages", "3", "--rerank", "memory", "--rerank-depth", "2"],
+     ["(--rerank-depth) 2 is below the 3 passages read"]),
+    ("predict", ["--rerank-memory", "{tmp}"], ["--rerank-memory set up memory reranking: give --rerank memory"]),
     ("memory", ["--k", str(HUGE)], [f"--k {HUGE}: the encoder"]),
     ("memory", ["--k", "2"], ["re-encodes the passage text", "reads no memory"]),
 ])
