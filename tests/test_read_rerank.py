@@ -126,6 +126,24 @@ def test_eval_kilt_with_a_reader_reranks_before_reading(world, reader, tiny_mode
     assert len(predictions) == QUESTIONS and checked > 0 and reordered > 0
 
 
+def test_eval_kilt_reranks_from_the_memory_it_computes_when_given_none(world, reader, tiny_model_dir, tmp_path,
+                                                                       capsys):
+    code = main(["eval", "kilt", "--task", str(world["task"]), "--model", str(tiny_model_dir), "--precision", "fp32",
+                 "--workdir", str(tmp_path / "work"), "--output", str(tmp_path / "out"), "--reader",
+                 str(reader["reader"]), "--reader-passages", "1", "--rerank", "memory", "--rerank-depth", "4"])
+    assert code == 0
+    assert "memory rerank of the top 4 (fp16, layer 1)" in capsys.readouterr().out
+    metadata = json.loads((tmp_path / "out" / "reader" / "results.json").read_text())["metadata"]
+    assert metadata["memory"] == "computed for the retrieved passages"
+    assert metadata["rerank"]["memory"] == "the memory computed for the retrieved passages"
+    run = read_trec_run(json.loads((tmp_path / "out" / "results.json").read_text())["metadata"]["run_file"])
+    for p in read_kilt_predictions(tmp_path / "out" / "reader" / "predictions.jsonl"):
+        top = [doc.split("#")[0] for doc, _ in ranked_docs(run[p.id], 4)]
+        assert sorted(p.provenance[:4]) == sorted(top)
+        if f"P{p.id[1:]}" in top:
+            assert p.provenance[0] == f"P{p.id[1:]}"
+
+
 def test_bad_input(world, reader, tiny_model_dir, tmp_path, capsys):
     from transformers import AutoTokenizer, BertModel
 

@@ -7,15 +7,16 @@ the fly (its encoder's states at its layer, through a codec of its kind trained 
 memory`` would store, without the folder.
 
 With ``rerank`` (:class:`retromem.read.read_options.ReadRerankOptions`, ``rerank="memory"``) the pipeline's ranked
-passages are first reranked by MaxSim over a token memory (:mod:`retromem.read.rerank`: ``memory``, else
-``rerank.rerank_memory``); the memory computed on the fly, if any, is of the reranked top passages.
+passages are first reranked by MaxSim over a token memory (:mod:`retromem.read.rerank`: ``rerank.rerank_memory``,
+else ``memory``, else the memory computed on the fly, which then holds the top ``rerank_depth`` passages and is
+both reranked from and read from).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +58,20 @@ def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | 
                                  **(asdict(rerank) if rerank is not None else {}))
     config.validate()
     run, reranked = retrieval.run, None
+    live = None
+    built = 0.0
+    if config.rerank and not reader.spec.full and not memory and not config.rerank_memory:
+        # the memory computed on the fly holds the top --rerank-depth: reranked from, then read from
+        clock = time.perf_counter()
+        live = live_memory_for(reader, replace(config, passages=config.rerank_depth), run)
+        built = time.perf_counter() - clock
     if config.rerank:
         from retromem.read.rerank import rerank_for_reading
 
         reranked = rerank_for_reading(config, reader.spec, run, {e.id: e.input for e in retrieval.examples},
-                                      memory=memory, device=device, show_progress=show_progress)
+                                      memory=memory or live, device=device, show_progress=show_progress)
         run = reranked.run
-    live = None
-    built = 0.0
-    if not reader.spec.full and not memory:
+    if not reader.spec.full and not memory and live is None:
         clock = time.perf_counter()
         live = live_memory_for(reader, config, run)
         built = time.perf_counter() - clock

@@ -7,7 +7,9 @@ The memory is the reader's own (``--memory``: it holds layer N - k, in the reade
 of the reader's encoder (``--rerank-memory``: any layer, any codec, e.g. a binary memory). The questions are
 encoded at the store's layer by the encoder the store records (loaded as ``retromem search --rerank memory``
 loads it, at the precision the store records; the reranker checks its fingerprint against the store's). A full
-re-encoding reader (k = N) reads no memory, so it reranks only from ``--rerank-memory``.
+re-encoding reader (k = N) reads no memory, so it reranks only from ``--rerank-memory``. A memory held in RAM
+(:class:`retromem.read.memory.LiveMemory`, what ``eval kilt --reader`` computes when given no ``--memory``) is
+reranked from through :class:`MemoryView`, as a store.
 """
 
 from __future__ import annotations
@@ -41,20 +43,24 @@ class RerankOutcome:
 
 
 def rerank_for_reading(options: ReadRerankOptions, spec: Any, run: Run, questions: Mapping[str, str],
-                       memory: str | Path | None = None, device: str | None = None, show_progress: bool = False
+                       memory: Any = None, device: str | None = None, show_progress: bool = False
                        ) -> RerankOutcome:
     """``run`` with the top ``options.rerank_depth`` passages of each of ``questions`` (id -> text) reranked by
-    MaxSim over ``options.rerank_memory``, else ``memory`` (the reader's memory folder); ``spec``: the reader's
+    MaxSim over ``options.rerank_memory``, else ``memory`` (the reader's memory folder, or a memory object such
+    as :class:`retromem.read.memory.LiveMemory`); ``spec``: the reader's
     :class:`retromem.read.reader_config.ReaderSpec` (whose encoder the rerank memory must have been made by)."""
     from retromem.index.encoder import Encoder, EncoderConfig
     from retromem.index.memory_store import MemoryStore, require_memory
     from retromem.retrieve.memory_rerank import MemoryReranker, RerankConfig
 
-    path, flag = rerank_memory_path(options, spec, memory)
-    if not Path(path).is_dir():
-        raise MissingDataError(f"{flag} {path}: no such folder (build a token memory of the run's passages with "
-                               "`retromem read memory` or `retromem index memory`)")
-    store = MemoryStore.open(path)
+    if memory is not None and not options.rerank_memory and not isinstance(memory, (str, Path)):
+        store, flag = MemoryView(memory), "the memory"
+    else:
+        path, flag = rerank_memory_path(options, spec, memory)
+        if not Path(path).is_dir():
+            raise MissingDataError(f"{flag} {path}: no such folder (build a token memory of the run's passages with "
+                                   "`retromem read memory` or `retromem index memory`)")
+        store = MemoryStore.open(path)
     if spec.memory is not None:
         require_memory(store, spec.memory.encoder, fix="rerank from a memory of the reader's encoder (`retromem read "
                        "memory` or `retromem index memory` with the reader's encoder)")
@@ -70,10 +76,35 @@ def rerank_for_reading(options: ReadRerankOptions, spec: Any, run: Run, question
     reranked = reranker.rerank({qid: run[qid] for qid in todo}, todo, show_progress=show_progress)
     seconds = time.perf_counter() - clock
     log.info("reranked the top %d passages of %d questions from %s (layer %d, %s) in %.2fs", depth, len(todo),
-             path, store.layer, store.codec.label, seconds)
-    info = {"memory": str(path), "layer": store.layer, "codec": store.codec.label, "depth": depth,
+             store.path, store.layer, store.codec.label, seconds)
+    info = {"memory": str(store.path), "layer": store.layer, "codec": store.codec.label, "depth": depth,
             "weight": options.rerank_weight, "seconds": seconds}
     return RerankOutcome({**run, **reranked}, seconds, len(todo), info)
+
+
+class MemoryView:
+    """A memory object (``ids()``, ``gather(ids)``, ``info()`` and ``codec``, as
+    :class:`retromem.read.memory.LiveMemory`) seen as the store :class:`MemoryReranker` reads: ``meta`` (its
+    encoder), ``path`` (a name for messages), ``layer``, ``codec``, and ``gather`` giving ``PassageMemory``."""
+
+    def __init__(self, memory: Any, name: str = "the memory computed for the retrieved passages"):
+        from retromem.artifacts import ArtifactMeta, EncoderInfo
+
+        encoder, layer, codec = memory.info()
+        self.memory = memory
+        self.path = name
+        self.layer = int(layer)
+        self.codec = memory.codec
+        self.meta = ArtifactMeta(kind="token_memories", encoder=EncoderInfo.from_dict(encoder),
+                                 details={"layer": self.layer, "codec": dict(codec)})
+
+    def ids(self) -> list[str]:
+        return list(self.memory.ids())
+
+    def gather(self, ids: Any) -> list[Any]:
+        from retromem.index.memory_store import PassageMemory
+
+        return [PassageMemory(m.passage_id, m.vectors, m.token_ids, m.spans) for m in self.memory.gather(list(ids))]
 
 
 def rerank_memory_path(options: ReadRerankOptions, spec: Any, memory: str | Path | None) -> tuple[Path, str]:
