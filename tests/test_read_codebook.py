@@ -238,3 +238,20 @@ def test_the_command_trains_predicts_and_evaluates_a_tuned_reader(world, tiny_mo
                  "--reader-passages", "3"]) == 0
     results = json.loads((tmp_path / "eval" / "reader" / "results.json").read_text())
     assert results["metadata"]["memory"] == "computed for the retrieved passages"  # coded with the reader's codebook
+    # another memory of these passages (e.g. a dev set's): coded with a codebook of its own it is refused, coded with
+    # the reader's (--codebook-of) it is read, to the very predictions of the memory the reader was trained on
+    fewer = ["--task", str(world["claims"]), "--run", str(world["claims_run"]), "--passages", "2", "--limit", "4"]
+    capsys.readouterr()
+    for name, extra in (("own", ["--codec", "pq:m=8,nbits=4"]), ("readers", ["--codebook-of", str(final)])):
+        assert main(["read", "memory", *fewer, "--model", str(tiny_model_dir), "--k", "1", *extra, "--output",
+                     str(tmp_path / name)]) == 0
+    assert main(["read", "predict", *fewer, "--memory", str(tmp_path / "own"), "--reader", str(final), "--output",
+                 str(tmp_path / "own.jsonl")]) == 2
+    assert "coded with another pq codebook" in capsys.readouterr().err
+    for name, memory_dir in (("readers", tmp_path / "readers"), ("trained-on", memory)):
+        assert main(["read", "predict", *fewer, "--memory", str(memory_dir), "--reader", str(final), "--output",
+                     str(tmp_path / f"{name}.jsonl")]) == 0
+    assert (tmp_path / "readers.jsonl").read_text() == (tmp_path / "trained-on.jsonl").read_text()
+    assert main(["read", "memory", *fewer, "--model", str(tiny_model_dir), "--k", "0", "--codebook-of", str(final),
+                 "--output", str(tmp_path / "k0")]) == 2
+    assert "that reader reads layer 1 (--k 1), not layer 2" in capsys.readouterr().err

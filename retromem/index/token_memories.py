@@ -107,13 +107,15 @@ StatesFn = Callable[[list[Passage]], LayerStates]
 
 def build_memories(corpus: Any, encoder, config: MemoryConfig, output: str | Path, show_progress: bool = False,
                    total: int | None = None, corpus_name: str | None = None, corpus_path: str | Path | None = None,
-                   states: StatesFn | None = None) -> MemoryStore | None:
+                   states: StatesFn | None = None, codec: Codec | None = None) -> MemoryStore | None:
     """Write the token memory of ``corpus`` (a :class:`retromem.data.corpora.Corpus`, an iterable of passages, or
     a callable returning a fresh iterator) into ``output``; returns the store (``None`` on ranks other than 0).
 
     ``states`` (passages -> :class:`LayerStates`) replaces the encoder's forward pass, e.g. by states computed
     once and cached (the benchmark recodes one encoder pass with every codec); it must give what
-    :func:`retromem.index.token_states.passage_layer_states` would.
+    :func:`retromem.index.token_states.passage_layer_states` would. ``codec``: a trained codec of
+    ``config.codec``'s name and parameters to code with, instead of one trained on the first chunk (e.g. the
+    codebook a reader was trained on); a memory already in ``output`` keeps its own.
     """
     output = Path(output)
     if hasattr(corpus, "passages") and callable(corpus.passages):
@@ -123,7 +125,10 @@ def build_memories(corpus: Any, encoder, config: MemoryConfig, output: str | Pat
             total = corpus.count()
         corpus = corpus.passages
     layer = check_layer(encoder, config.layer)
-    codec = config.make_codec(encoder.dim)
+    wanted_codec = config.make_codec(encoder.dim)
+    if codec is not None and not (codec.trained and codec.same_as(wanted_codec.to_json())):
+        raise ConfigError(f"the codec given to code with ({codec.label}) must be a trained {wanted_codec.label}")
+    codec = codec if codec is not None else wanted_codec
     rank, world_size, barrier = _distributed_context()
     states = states or (lambda chunk: passage_layer_states(encoder, chunk, layer))
     drop = TokenFilter.for_tokenizer(encoder.tokenizer, config)
@@ -150,11 +155,12 @@ def build_memories(corpus: Any, encoder, config: MemoryConfig, output: str | Pat
             raise DataError("the corpus holds no passages: nothing to store", corpus_path or corpus_name,
                             fix="check the corpus file")
         if codec.needs_training:
-            first_states = _condensed(first_chunk, states(first_chunk), drop, config)
-            sample = np.concatenate([v for v, _, _ in first_states[0]])
-            if len(sample) > config.train_tokens:
-                sample = sample[np.random.default_rng(0).choice(len(sample), config.train_tokens, replace=False)]
-            codec.train(sample)
+            if not codec.trained:
+                first_states = _condensed(first_chunk, states(first_chunk), drop, config)
+                sample = np.concatenate([v for v, _, _ in first_states[0]])
+                if len(sample) > config.train_tokens:
+                    sample = sample[np.random.default_rng(0).choice(len(sample), config.train_tokens, replace=False)]
+                codec.train(sample)
             codec.save_arrays(output)
         ArtifactMeta(kind=KIND, encoder=EncoderInfo.from_dict(encoder.metadata()),
                      details={**wanted, "codec": codec.to_json(), "complete": False}).write(meta_file)

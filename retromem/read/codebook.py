@@ -111,17 +111,26 @@ def unpack_codes(codes: np.ndarray, m: int, nbits: int) -> np.ndarray:
 def reader_memory_codec(reader: Any) -> Any:
     """A trained pq codec holding the codebook a tuned reader's memory was coded with (its ``initial``
     centroids), to code a memory on the fly as the stored one was; None for a reader without a codebook."""
+    codebook = getattr(reader, "codebook", None)
+    if codebook is None:
+        return None
+    return pq_codec(codebook.initial.detach().cpu().numpy())
+
+
+def pq_codec(centroids: np.ndarray) -> Any:
+    """A trained ``pq`` codec (M sub-quantisers of ``log2(ksub)`` bits) with ``centroids`` ``[M, ksub, dsub]``."""
     import faiss
 
     from retromem.index.memory_codecs import make_codec
 
-    codebook = getattr(reader, "codebook", None)
-    if codebook is None:
-        return None
-    codec = make_codec(TUNABLE_CODEC, codebook.dim, m=codebook.m, nbits=codebook.nbits)
-    index = faiss.index_factory(codebook.dim, codec.factory)
-    pq = faiss.downcast_index(index).pq
-    faiss.copy_array_to_vector(codebook.initial.detach().cpu().numpy().astype(np.float32).ravel(), pq.centroids)
+    m, ksub, dsub = centroids.shape
+    nbits = int(ksub).bit_length() - 1
+    if 1 << nbits != ksub:
+        raise ConfigError(f"a pq codebook has a power of two centroids per sub-quantiser, not {ksub}")
+    codec = make_codec(TUNABLE_CODEC, m * dsub, m=int(m), nbits=nbits)
+    index = faiss.index_factory(codec.dim, codec.factory)
+    faiss.copy_array_to_vector(np.ascontiguousarray(centroids, dtype=np.float32).ravel(),
+                               faiss.downcast_index(index).pq.centroids)
     index.is_trained = True
     codec.index, codec.trained = index, True
     return codec

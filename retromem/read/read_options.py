@@ -104,6 +104,9 @@ class ReaderMemoryConfig(ReadingOptions):
     live_layers: int = option(2, min=0, flag="--k", metavar="K", help="the reader's live layers: the memory holds "
                               "layer N - K of the encoder's N")
     codec: str = option("fp16", help="codec of the memory: fp16, fp32, int8, binary, pq:bytes=48, ...")
+    codebook_of: str | None = option(None, metavar="READER", help="a reader folder trained with --tune-codebook: "
+                                     "code the memory with the pq codebook its tuned one started from (the only "
+                                     "codes it reads) instead of training a new one; --codec is then the reader's")
     force_gold: bool = option(False, help="add a gold passage of each question whose retrieved passages miss every "
                               "gold page (as `read train` forces one in)")
     precision: str = option("fp32", choices=("auto", "fp32", "bf16", "fp16"), help="precision of the encoder pass")
