@@ -154,6 +154,12 @@ def test_bad_input(world, reader, tiny_model_dir, tmp_path, capsys):
     # a rerank depth below the passages read
     assert main([*base, "--passages", "3", "--rerank", "memory", "--rerank-depth", "2"]) == 2
     assert "(--rerank-depth) 2 is below the 3 passages read" in capsys.readouterr().err
+    # ... and in eval kilt, before any retrieval
+    assert main(["eval", "kilt", "--task", str(world["task"]), "--model", str(tiny_model_dir), "--workdir",
+                 str(tmp_path / "work"), "--reader", str(reader["reader"]), "--reader-passages", "3", "--rerank",
+                 "memory", "--rerank-depth", "2"]) == 2
+    assert "(--rerank-depth) 2 is below the 3 passages read" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
     # rerank options without --rerank memory
     assert main([*base, "--rerank-depth", "4"]) == 2
     assert "--rerank-depth set up memory reranking: give --rerank memory" in capsys.readouterr().err

@@ -52,13 +52,14 @@ class ReadRerankOptions:
     rerank: str | None = option(None, choices=("memory",), help="rerank each question's top --rerank-depth passages "
                                 "of the run by late interaction (MaxSim) over a token memory before reading: the "
                                 "reader's --memory, or --rerank-memory")
-    rerank_depth: int = option(20, min=1, help="passages of each question reranked (at least --passages; the "
-                               "memory must hold them)")
+    rerank_depth: int = option(20, min=1, help="passages of each question reranked (at least the passages read, "
+                               "--passages or eval kilt's --reader-passages; the memory must hold them)")
     rerank_weight: float = option(0.0, min=0, help="reranked score = MaxSim + this x the run's score (0: MaxSim "
                                   "alone)")
     rerank_memory: str | None = option(None, help="token memory folder to rerank from (any layer and codec of the "
                                        "reader's encoder, e.g. a binary memory from `retromem index memory`; "
-                                       "default: --memory); a full re-encoding reader (k = N) needs it")
+                                       "default: --memory, or in eval kilt the memory computed on the fly); a full "
+                                       "re-encoding reader (k = N) needs it")
 
 
 #: The reranking options' field names (their own argument group on the command line).
@@ -73,7 +74,7 @@ def check_rerank(options: ReadRerankOptions, passages: int) -> None:
         return
     if options.rerank_depth < passages:
         raise ConfigError(f"{named(options, 'rerank_depth')} {options.rerank_depth} is below the {passages} passages "
-                          "read (--passages): rerank at least as many passages as the reader reads")
+                          "read: rerank at least as many passages as the reader reads")
 
 
 @dataclass
