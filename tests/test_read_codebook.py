@@ -238,6 +238,8 @@ def test_the_command_trains_predicts_and_evaluates_a_tuned_reader(world, tiny_mo
                  "--reader-passages", "3"]) == 0
     results = json.loads((tmp_path / "eval" / "reader" / "results.json").read_text())
     assert results["metadata"]["memory"] == "computed for the retrieved passages"  # coded with the reader's codebook
+    assert main(["read", "predict", *common, "--passages", "2", "--memory", str(memory), "--reader", str(final),
+                 "--output", str(tmp_path / "reranked.jsonl"), "--rerank", "memory", "--rerank-depth", "3"]) == 0
     # another memory of these passages (e.g. a dev set's): coded with a codebook of its own it is refused, coded with
     # the reader's (--codebook-of) it is read, to the very predictions of the memory the reader was trained on
     fewer = ["--task", str(world["claims"]), "--run", str(world["claims_run"]), "--passages", "2", "--limit", "4"]
