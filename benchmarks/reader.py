@@ -74,7 +74,9 @@ def parse_args(argv):
                    "k1-k3 on fp16 in this run, else 2)")
     p.add_argument("--steps", type=int, default=60, help="training steps per row and seed")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--passages", type=int, default=5)
+    p.add_argument("--passages", type=int, default=5, help="retrieved passages read per dev question")
+    p.add_argument("--train-passages", type=int, default=None, help="passages per training question (the gold "
+                   "forced in; default: --passages). Fewer make a step cheaper, so a CPU budget covers more questions")
     p.add_argument("--train-limit", type=int, default=None, help="train questions (seeded subsample)")
     p.add_argument("--dev-limit", type=int, default=None, help="dev questions (fixed subsample, seed 0)")
     p.add_argument("--max-passage-length", type=int, default=192)
@@ -103,9 +105,11 @@ def run_task(task: str, args, results: dict, results_path: Path) -> dict:
     source = resolve_kilt_task(train_name).source_path
     runs, retrieval = retrieve(task, [train_name, dev_name], source, work, max(args.passages, 20))
     log.info("%s: retrieval %s", task, retrieval)
-    base = dict(passages=args.passages, max_passage_length=args.max_passage_length)
-    train_cfg = ReaderTrainConfig(task=train_name, run=str(runs[train_name]), limit=args.train_limit, **base)
-    dev_cfg = ReaderTrainConfig(task=dev_name, run=str(runs[dev_name]), limit=args.dev_limit, **base)
+    train_cfg = ReaderTrainConfig(task=train_name, run=str(runs[train_name]), limit=args.train_limit,
+                                  passages=args.train_passages or args.passages,
+                                  max_passage_length=args.max_passage_length)
+    dev_cfg = ReaderTrainConfig(task=dev_name, run=str(runs[dev_name]), limit=args.dev_limit, passages=args.passages,
+                                max_passage_length=args.max_passage_length)
     seeds = [int(s) for s in args.seeds.split(",")]
     passages = {}
     for seed in seeds:
