@@ -85,7 +85,8 @@ def parse_args(argv):
     p.add_argument("--pq-bytes", type=int, default=48, help="pq code bytes per token (fp16/16 = 48 for 384-d)")
     p.add_argument("--work", default="work/reader-bench")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--keep", action="store_true", help="keep rows of an earlier run in --out's reader.json")
+    p.add_argument("--keep", action="store_true", help="keep rows of an earlier run in --out's reader.json (each "
+                   "task records the settings of the run that made it)")
     p.add_argument("--throughput-rounds", type=int, default=3, help="rounds of the interleaved throughput probe "
                    "(every row read in turn on the same dev questions, the median kept; 0: none)")
     return p.parse_args(argv)
@@ -131,7 +132,7 @@ def run_task(task: str, args, results: dict, results_path: Path) -> dict:
     summary = {"retrieval": retrieval, "memory": {"passages": len(ids), "tokens": int(sum(len(t) for t in token_ids)),
                                                   "seconds": memory_seconds},
                "train_questions": len(reading_set(train_cfg, seed=seeds[0]).questions), "dev_questions": len(examples),
-               "head": head, "rows": {}}
+               "head": head, "settings": dict(vars(args)), "rows": {}}
     if head == "classification":
         counts = Counter(e.answers[0] for e in examples)
         summary["majority"] = max(counts.values()) / len(examples)
@@ -302,6 +303,8 @@ def write_report(results: dict, out: Path) -> None:
         metrics = ("accuracy", "kilt_ac") if head == "classification" else ("em", "f1", "kilt_em", "kilt_f1")
         lines += [f"## {task} ({head}; {summary['train_questions']} train questions, {summary['dev_questions']} dev)",
                   ""]
+        if "settings" in summary:  # a task run apart from the others (--keep) records its own settings
+            lines += [f"settings of this task's run: `{json.dumps(summary['settings'])}`", ""]
         if "majority" in summary:
             lines.append(f"majority-class accuracy on these dev questions: {summary['majority']:.3f}")
         if "answer_in_top_k" in summary:
