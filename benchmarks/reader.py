@@ -82,6 +82,9 @@ def parse_args(argv):
     p.add_argument("--max-passage-length", type=int, default=192)
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--freeze-question-encoder", action="store_true",
+                   help="memory rows: keep the lower layers that encode the question frozen (default: fine-tuned, "
+                   "as LUMEN's question encoder)")
     p.add_argument("--pq-bytes", type=int, default=48, help="pq code bytes per token (fp16/16 = 48 for 384-d)")
     p.add_argument("--work", default="work/reader-bench")
     p.add_argument("--out", default="benchmarks/results")
@@ -236,7 +239,8 @@ def run_row(head, k, codec_name, seed, args, work, train_cfg, dev_cfg, memory, e
     shutil.rmtree(out, ignore_errors=True)
     cfg = dataclasses.replace(train_cfg, output_dir=str(out), live_layers=k, head=head, seed=seed,
                               max_steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-                              head_learning_rate=args.head_lr, save_steps=10 ** 6, logging_steps=5,
+                              head_learning_rate=args.head_lr, tune_question_encoder=not args.freeze_question_encoder,
+                              save_steps=10 ** 6, logging_steps=5,
                               show_progress=False)
     started = time.perf_counter()
     final = train_reader(cfg, memory=memory)

@@ -250,3 +250,39 @@ def test_the_classification_head_learns_labels_that_depend_on_question_and_passa
     with torch.no_grad():
         predicted = reader(**batch)["logits"].argmax(-1).tolist()
     assert predicted == [label for _, _, label in claims]
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_training_tunes_the_question_encoder_unless_frozen_and_never_the_memory(tiny_encoder_dir, tune):
+    reader = make_reader(tiny_encoder_dir, 1, head="span", tune_question_encoder=tune)
+    passages = memory_passages(reader, ["the broncos beat the panthers in the game"])
+    memory = passages[0].vectors.copy()
+    first, last = find_answer_span(passages[0], ["broncos"], reader.tokenizer)
+    batch = collate(reader.spec, reader.tokenizer, [ReadItem("q", "who beat the panthers?", tuple(passages),
+                                                             span=(0, first, last))])
+    before = {name: p.detach().clone() for name, p in reader.named_parameters()}
+    reader.train()
+    optimizer = torch.optim.SGD([p for p in reader.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        reader(**batch)["loss"].backward()
+        optimizer.step()
+    changed = {name for name, p in reader.named_parameters() if not torch.equal(p, before[name])}
+    lower = {name for name in before if name.startswith("encoder.embeddings.")
+             or any(name.startswith(f"encoder.encoder.layer.{i}.") for i in range(LAYERS - 1))}
+    top = {name for name in before if name.startswith(f"encoder.encoder.layer.{LAYERS - 1}.")}
+    assert changed & top and changed & {name for name in before if name.startswith("head.")}
+    assert bool(changed & lower) is tune  # the question's lower layers: LUMEN's fine-tuned question encoder
+    np.testing.assert_array_equal(batch["memory"][0, 0, :memory.shape[0]].numpy(), memory.astype(np.float32))
+    assert ReaderSpec.from_json(reader.spec.to_json()).tune_question_encoder is tune
+
+
+def test_read_train_fine_tunes_the_question_encoder_unless_told_to_freeze_it():
+    from retromem.cli import build_parser
+    from retromem.cli.options import config_from_args
+    from retromem.read.train_config import ReaderTrainConfig
+
+    base = ["read", "train", "--task", "t", "--run", "r", "--output", "o"]
+    for extra, tuned in (([], True), (["--freeze-question-encoder"], False)):
+        args = build_parser().parse_args(base + extra)
+        assert config_from_args(ReaderTrainConfig, args).tune_question_encoder is tuned

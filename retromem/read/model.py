@@ -10,6 +10,10 @@ with an attention mask over the real tokens of both. ``k = N`` is the full re-en
 encoder: ``[CLS] question [SEP] passage [SEP]`` through every layer, the plain encoder exactly), ``k = 0``
 pure memory (no live layer: the question through all layers beside the memory).
 
+The reader's own lower layers encode only the question (the memory comes from the store, made by the encoder
+itself), so training fine-tunes them, as LUMEN fine-tunes its question encoder, unless the spec says
+``tune_question_encoder=False`` (the question then stays in the frozen memory encoder's space).
+
 Heads (:mod:`retromem.read.heads`) read the live outputs of all of a question's passages: classification
 (pooled over the passages), extractive span (start/end over all passages' memory tokens) or generative
 (a decoder cross-attending to the concatenated live outputs, FiD-style).
@@ -60,7 +64,7 @@ class MemoryReader(nn.Module):
         self.codebook = None
         if spec.tuned_codebook:  # MEMORY-VQ: the pq memory's codes decoded by the reader's own, trained, centroids
             self.codebook = CodebookDecoder(*codebook_shape(spec.memory.codec))
-        if not spec.full:  # the memory encoder is fixed: it made the memory, and encodes the question like it
+        if not spec.full and not spec.tune_question_encoder:  # the question encoded as the memory was
             for module in (encoder.embeddings, *layers[:spec.memory_layer]):
                 module.requires_grad_(False)
 

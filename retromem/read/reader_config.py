@@ -47,6 +47,10 @@ class ReaderSpec:
     ``num_layers`` (N) layers of the encoder; the top ``live_layers`` (k) run live over [question ; memory],
     the lower N - k make the memory (``memory.layer`` = N - k). ``k = N`` re-encodes the passage text through
     every layer (no memory is read); ``k = 0`` reads the memory with no live layer.
+
+    ``tune_question_encoder``: whether training fine-tunes the lower N - k layers (and the embeddings) for the
+    question, as LUMEN fine-tunes its question encoder. They encode only the question: the memory was made by
+    the encoder itself, and stays what it is; False keeps the question in the memory's own space (frozen).
     """
 
     encoder: str
@@ -62,6 +66,7 @@ class ReaderSpec:
     decoder_model: str | None = None
     passage_prefix: str = ""
     memory: MemoryInfo | None = None
+    tune_question_encoder: bool = True
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:

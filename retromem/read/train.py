@@ -65,7 +65,8 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
     spec = ReaderSpec(encoder=config.model, num_layers=layers, live_layers=config.live_layers, head=head,
                       labels=labels, max_question_length=config.max_question_length,
                       max_passage_length=config.max_passage_length, max_answer_length=config.max_answer_length,
-                      decoder_layers=config.decoder_layers, decoder_model=config.decoder_model)
+                      decoder_layers=config.decoder_layers, decoder_model=config.decoder_model,
+                      tune_question_encoder=config.tune_question_encoder)
     memory, where, memory_meta = _memory(config, spec, memory, model_path)
     precision = resolve_precision(config.precision)
     args = TrainingArguments(**trainer_arguments(config, precision), per_device_train_batch_size=config.batch_size,

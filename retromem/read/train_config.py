@@ -25,7 +25,8 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
     RESUME_MUST_MATCH = (*RunSettings.RESUME_MUST_MATCH, "model", "live_layers", "head", "passages", "force_gold",
                          "batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "limit",
                          "decoder_layers", "decoder_model", "max_question_length", "max_passage_length",
-                         "tune_codebook", "codebook_learning_rate")
+                         "tune_codebook", "codebook_learning_rate",
+                         "tune_question_encoder")
 
     output_dir: str = option("runs/reader", flag="--output", metavar="OUTPUT", help="run folder: checkpoints, final/")
     model: str = option(DEFAULT_MODEL, help="the encoder whose layers the reader splits (the memory's encoder)")
@@ -49,6 +50,10 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
     head_learning_rate: float = option(1e-3, flag="--head-lr", metavar="LR", gt=0, help="learning rate of the "
                                        "fresh head")
     warmup_ratio: float = option(0.1, min=0, help="share of the steps spent warming up (below 1)")
+    tune_question_encoder: bool = option(True, flag="--freeze-question-encoder", help="keep the lower N - K "
+                                         "layers that encode the question frozen, in the memory encoder's space "
+                                         "(by default they are fine-tuned with the live layers, as LUMEN's question "
+                                         "encoder; the memory is never changed by training)")
     tune_codebook: bool = option(False, help="MEMORY-VQ-style: train the centroids of a pq --memory's codebook "
                                  "with the reader (it decodes the stored codes itself, the codes stay fixed: "
                                  "straight through); needs codec pq and --k below the encoder's layers")
