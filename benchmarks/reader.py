@@ -143,6 +143,8 @@ def run_task(task: str, args, results: dict, results_path: Path) -> dict:
         summary["answer_in_top_k"] = answer_upper_bound(examples, dev, args.passages)
     previous = results.get("tasks", {}).get(task, {}).get("rows", {}) if args.keep else {}
     summary["rows"].update(previous)
+    if previous:
+        summary["kept_rows"] = sorted(previous)
     for row in rows:
         k, codec = row_setting(row, args, summary)
         key = f"{row}" if row.startswith("k") else f"{row}@k{k}"
@@ -309,6 +311,10 @@ def write_report(results: dict, out: Path) -> None:
                   ""]
         if "settings" in summary:  # a task run apart from the others (--keep) records its own settings
             lines += [f"settings of this task's run: `{json.dumps(summary['settings'])}`", ""]
+        if summary.get("kept_rows"):
+            lines += [f"rows kept from an earlier run of the same settings (--keep): {', '.join(summary['kept_rows'])}",
+                      ""]
+        lines += [f"note: {note}" for note in summary.get("notes", [])] + ([""] if summary.get("notes") else [])
         if "majority" in summary:
             lines.append(f"majority-class accuracy on these dev questions: {summary['majority']:.3f}")
         if "answer_in_top_k" in summary:
