@@ -103,4 +103,5 @@ class ReaderSpec:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in values.items() if k in names}
         values["memory"] = MemoryInfo.from_json(values.get("memory"))
+        values.setdefault("tune_question_encoder", False)  # readers saved before the option froze the question
         return cls(**values)
