@@ -179,3 +179,26 @@ def test_from_minilm_initialises_the_missing_mlm_head(tokenizer):
     batch = model.collator(64)(examples(tokenizer))
     out = model(**batch)
     assert torch.isfinite(out["loss"]) and set(out) == {"loss", "loss_mlm", "loss_bow"}
+
+
+@pytest.mark.parametrize("layout", ["sentence-transformers 6", "sentence-transformers 2"])
+def test_the_saved_encoder_keeps_the_source_sentence_transformers_length(tiny_st_dir, tmp_path, layout):
+    """Pretraining all-MiniLM-L6-v2 (max_seq_length 256, written by sentence-transformers 2 into
+    sentence_bert_config.json beside a tokenizer of 512) must not leave an encoder that encodes 512 tokens."""
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_st_dir, source)
+    expected = 64
+    if layout == "sentence-transformers 2":
+        expected = 48
+        (source / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48, "do_lower_case": False}))
+        tok_config = json.loads((source / "tokenizer_config.json").read_text())
+        (source / "tokenizer_config.json").write_text(json.dumps({**tok_config, "model_max_length": 512}))
+    model = PretrainModel.from_encoder(source, "retromae")
+    model.save_pretrained(tmp_path / "m")
+    assert Encoder(EncoderConfig(model=str(tmp_path / "m"))).max_length == expected, "the source's, not 128 positions"
+    PretrainModel.from_pretrained(tmp_path / "m").save_pretrained(tmp_path / "again")
+    assert Encoder(EncoderConfig(model=str(tmp_path / "again"))).max_length == expected
+    model.save_pretrained(tmp_path / "told", max_seq_length=32)
+    assert Encoder(EncoderConfig(model=str(tmp_path / "told"))).max_length == 32

@@ -74,6 +74,9 @@ class PretrainModel(nn.Module):
                 "use the encoder's own tokenizer (or resize the embeddings)"
             )
         self._hidden_states = plan.hidden_layers_needed(int(encoder.config.num_hidden_layers))
+        #: The sentence-transformers max_seq_length of the folder this model was loaded from (None: none),
+        #: which the saved encoder keeps: pretraining does not lengthen the texts the encoder is meant for.
+        self.source_max_seq_length: int | None = None
         _freeze_pooler(encoder)
 
     # -- construction ---------------------------------------------------------------------------
@@ -116,7 +119,10 @@ class PretrainModel(nn.Module):
                             path, ", ".join(sorted(fresh)))
         mlm_head = MLMHead.from_masked_lm(mlm_model, encoder)
         del mlm_model
-        return cls(encoder, mlm_head, plan, tok)
+        model = cls(encoder, mlm_head, plan, tok)
+        if not isinstance(name_or_config, PretrainedConfig):
+            model.source_max_seq_length = _sentence_transformer_max_length(Path(path))
+        return model
 
     @classmethod
     def from_pretrained(
@@ -159,6 +165,7 @@ class PretrainModel(nn.Module):
         mlm_head.to_empty(device="cpu")
         model = cls(encoder, mlm_head, plan, tok)
         model._load_heads(folder / HEADS_FILE)
+        model.source_max_seq_length = _sentence_transformer_max_length(folder)
         return model
 
     # -- the contract used by the training driver -------------------------------------------------
@@ -302,6 +309,8 @@ class PretrainModel(nn.Module):
     def _st_max_length(self, max_seq_length: int | None) -> int | None:
         if max_seq_length is not None:
             return int(max_seq_length)
+        if self.source_max_seq_length is not None:
+            return int(self.source_max_seq_length)
         limits = [
             getattr(self.encoder.config, "max_position_embeddings", None),
             getattr(self.tokenizer, "model_max_length", None),
@@ -373,6 +382,15 @@ def _load_tokenizer(tokenizer: str | Any):
     if isinstance(tokenizer, (str, os.PathLike)):
         return AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)))
     return tokenizer
+
+
+def _sentence_transformer_max_length(folder: Path) -> int | None:
+    """``max_seq_length`` of a sentence-transformers folder's ``sentence_bert_config.json`` (None: none)."""
+    path = folder / "sentence_bert_config.json"
+    if not path.is_file():
+        return None
+    value = read_json(path).get("max_seq_length")
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _write_sentence_transformer(folder: Path, dimension: int, max_seq_length: int | None) -> None:
