@@ -1,7 +1,7 @@
 """The memory-attending reader on KILT: full re-encoding vs LUMEN live layers vs pure memory, and the memory codecs.
 
-One run, per task (SciFact-KILT: classification head; SQuAD-KILT: span head), with BM25 retrieval over the task's
-knowledge source (100-word passages, top ``--passages`` read):
+One run, per task (SciFact-KILT: classification head; SQuAD-KILT: span head, or with ``squad-gen`` the generative
+head), with BM25 retrieval over the task's knowledge source (100-word passages, top ``--passages`` read):
 
 - rows: ``k=6`` (full re-encoding, MiniLM's 6 layers live over question + passage text), ``k=1,2,3`` on fp16
   memory, the best of those k on ``binary`` and on ``pq`` (16x smaller than fp16: 48 bytes per 384-d token),
@@ -44,7 +44,8 @@ from retromem.retrieve.runfile import write_trec_run  # noqa: E402
 
 log = logging.getLogger("benchmarks.reader")
 TASKS = {"scifact": ("scifact-train", "scifact-dev", "classification"),
-         "squad": ("squad-train", "squad-dev", "span")}
+         "squad": ("squad-train", "squad-dev", "span"),
+         "squad-gen": ("squad-train", "squad-dev", "generative")}
 LAYERS = 6
 
 
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="scifact,squad", help="comma-separated: scifact, squad")
+    p.add_argument("--tasks", default="scifact,squad", help="comma-separated: scifact, squad (span head), squad-gen "
+                   "(SQuAD-KILT with the generative head: a BERT-initialised FiD decoder)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--rows", default="k6,k1,k2,k3,binary,pq,k0", help="rows to run, in order")
     p.add_argument("--best-k", type=int, default=None, help="k for the binary and pq rows (default: the best of "

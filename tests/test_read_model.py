@@ -185,6 +185,22 @@ def test_the_generative_head_overfits_a_handful_of_qa_pairs(tiny_encoder_dir):
     assert answers == [a for _, a in pairs], float(loss)
 
 
+def test_generation_with_the_cross_attention_cache_matches_generation_without(tiny_encoder_dir, monkeypatch):
+    from retromem.read import heads
+
+    torch.manual_seed(3)
+    reader = make_reader(tiny_encoder_dir, 1, head="generative", decoder_layers=2, max_answer_length=12).eval()
+    passages = memory_passages(reader, ["insulin lowers blood glucose", "the heart is in the chest",
+                                        "a kinase adds phosphate groups"])
+    items = [ReadItem("0", "what lowers glucose?", tuple(passages)), ReadItem("1", "where?", tuple(passages[:2]))]
+    inputs = collate(reader.spec, reader.tokenizer, items)
+    with torch.no_grad():
+        cached = reader.generate(inputs)
+        monkeypatch.setattr(heads, "_cross_attention_cache", lambda: {"use_cache": False})
+        uncached = reader.generate(inputs)
+    assert cached.shape[1] > 2 and torch.equal(cached, uncached)
+
+
 def test_any_hf_seq2seq_model_can_be_the_generative_decoder(tiny_encoder_dir, tokenizer, tmp_path):
     from transformers import BartConfig, BartForConditionalGeneration
 

@@ -127,7 +127,20 @@ class GenerativeHead(nn.Module):
         return self.decoder.generate(input_ids=start, attention_mask=torch.ones_like(start),
                                      encoder_hidden_states=memory, encoder_attention_mask=memory_mask,
                                      eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
-                                     bos_token_id=tok.cls_token_id, use_cache=False, **settings)
+                                     bos_token_id=tok.cls_token_id, **_cross_attention_cache(), **settings)
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [text.strip() for text in self.answer_tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def _cross_attention_cache() -> dict[str, Any]:
+    """The key/value cache a BERT decoder with cross-attention needs to generate: an ``EncoderDecoderCache`` (the
+    cross-attention's keys and values over the passages computed once, not at every answer token; greedy output
+    unchanged). ``generate`` builds a plain ``DynamicCache`` for a decoder-only model, which BERT's cross-attention
+    cannot use. The argument is ``cache`` in recent transformers, ``past_key_values`` before."""
+    import transformers
+    from packaging.version import Version
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    name = "cache" if Version(transformers.__version__) >= Version("5.25") else "past_key_values"
+    return {"use_cache": True, name: EncoderDecoderCache(DynamicCache(), DynamicCache())}
