@@ -258,13 +258,15 @@ def run_row(head, k, codec_name, seed, args, work, train_cfg, dev_cfg, memory, e
     metric_names = ("accuracy", "kilt_ac") if head == "classification" else ("em", "f1", "kilt_em", "kilt_f1")
     row = {name: scores[name] for name in (*metric_names, "R-Prec", "Recall@5")}
     row.update(qps=outcome.questions_per_second, train_seconds=train_seconds, seed=seed)
+    answers = Counter(p.answer for p in outcome.predictions)  # a reader that learned nothing answers one thing
+    row.update(distinct_answers=len(answers), common_answers=answers.most_common(3))
     return row
 
 
 def summarise(per_seed: list[dict]) -> dict:
     out = {}
     for name in per_seed[0]:
-        if name == "seed":
+        if name in ("seed", "common_answers"):
             continue
         estimate = estimate_mean([r[name] for r in per_seed])
         out[name] = {"mean": estimate.mean, "interval": estimate.interval}
@@ -334,6 +336,13 @@ def write_report(results: dict, out: Path) -> None:
                 f"{s['qps']['mean']:.1f}", f"{fair:.1f}" if fair else "-", f"{s['train_seconds']['mean']:.0f}"]
             lines.append("| " + " | ".join(cells) + " |")
             points.append((task, key, fair or s["qps"]["mean"], s[metrics[0]]["mean"]))
+        lines.append("")
+        for key, row in sorted(summary["rows"].items(), key=lambda item: row_order(item[0])):
+            for seed_row in row["seeds"]:
+                if "common_answers" in seed_row:
+                    common = ", ".join(f"{answer[:60]!r} ({n})" for answer, n in seed_row["common_answers"])
+                    lines.append(f"- {key} seed {seed_row['seed']}: {seed_row['distinct_answers']} distinct answers "
+                                 f"on {summary['dev_questions']} questions; most common: {common}")
         lines.append("")
     (out / "reader.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     plot(points, results, out / "reader.png")
