@@ -52,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
 
     times = {"without cache (baseline)": [], "with cache": []}
     outputs = {}
-    for _ in range(args.rounds):
-        for name, cached in (("without cache (baseline)", False), ("with cache", True)):
-            seconds, outputs[name] = run(cached)
-            times[name].append(seconds)
-    heads._cross_attention_cache = cached_setting
+    try:
+        for _ in range(args.rounds):
+            for name, cached in (("without cache (baseline)", False), ("with cache", True)):
+                seconds, outputs[name] = run(cached)
+                times[name].append(seconds)
+    finally:
+        heads._cross_attention_cache = cached_setting
     base, fast = (statistics.median(times[n]) for n in ("without cache (baseline)", "with cache"))
     print(f"{args.questions} questions x {args.passages} passages x {args.passage_tokens} tokens, "
           f"{args.answer_tokens} answer tokens, {args.decoder_layers} decoder layers, median of {args.rounds}")
@@ -69,13 +71,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--questions", type=int, default=16)
-    p.add_argument("--passages", type=int, default=5)
-    p.add_argument("--passage-tokens", type=int, default=200)
-    p.add_argument("--answer-tokens", type=int, default=32)
-    p.add_argument("--decoder-layers", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--questions", type=_at_least(1), default=16)
+    p.add_argument("--passages", type=_at_least(1), default=5)
+    p.add_argument("--passage-tokens", type=_at_least(4), default=200)
+    p.add_argument("--answer-tokens", type=_at_least(1), default=32)
+    p.add_argument("--decoder-layers", type=_at_least(1), default=2)
+    p.add_argument("--rounds", type=_at_least(1), default=3)
     return p.parse_args(argv)
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
+        return value
+    return parse
 
 
 if __name__ == "__main__":

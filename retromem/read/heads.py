@@ -7,6 +7,7 @@ each other) is a reader, if a weak one, rather than a question-only guesser.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -138,9 +139,14 @@ def _cross_attention_cache() -> dict[str, Any]:
     cross-attention's keys and values over the passages computed once, not at every answer token; greedy output
     unchanged). ``generate`` builds a plain ``DynamicCache`` for a decoder-only model, which BERT's cross-attention
     cannot use. The argument is ``cache`` in recent transformers, ``past_key_values`` before."""
-    import transformers
-    from packaging.version import Version
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    name = "cache" if Version(transformers.__version__) >= Version("5.25") else "past_key_values"
-    return {"use_cache": True, name: EncoderDecoderCache(DynamicCache(), DynamicCache())}
+    return {"use_cache": True, _cache_argument(): EncoderDecoderCache(DynamicCache(), DynamicCache())}
+
+
+@functools.cache
+def _cache_argument() -> str:
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.25") else "past_key_values"
