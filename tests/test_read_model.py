@@ -108,8 +108,15 @@ def test_a_reader_refuses_a_memory_of_another_encoder_layer_or_codec(tiny_encode
         require_memory(spec, {**encoder, "fingerprint": "zzz"}, 4, {"name": "binary"}, "m")
     with pytest.raises(MismatchError, match="holds layer 3.*reads layer 4"):
         require_memory(spec, encoder, 3, {"name": "binary"}, "m")
+    with pytest.raises(MismatchError, match="in codec {'name': 'fp16'}.*trained on codec {'name': 'binary'}"):
+        require_memory(spec, encoder, 4, {"name": "fp16"}, "m")
     with pytest.raises(MismatchError, match="codec"):
         require_memory(spec, encoder, 4, {"name": "binary", "dim": 64, "params": {"scale": "none"}}, "m")
+    pq = ReaderSpec(encoder="x", num_layers=6, live_layers=2, head="span")
+    pq.memory = memory_info(encoder, 4, {"name": "pq", "dim": 64, "params": {"bytes": 8, "train_size": 100}})
+    require_memory(pq, encoder, 4, {"name": "pq", "dim": 64, "params": {"bytes": 8, "train_size": 900}}, "m")
+    with pytest.raises(MismatchError, match="codec"):
+        require_memory(pq, encoder, 4, {"name": "pq", "dim": 64, "params": {"bytes": 16}}, "m")
     with pytest.raises(ConfigError, match="--k 7.*6 layers"):
         ReaderSpec(encoder="x", num_layers=6, live_layers=7, head="span")
 
@@ -289,6 +296,8 @@ def test_training_tunes_the_question_encoder_unless_frozen_and_never_the_memory(
     top = {name for name in before if name.startswith(f"encoder.encoder.layer.{LAYERS - 1}.")}
     assert changed & top and changed & {name for name in before if name.startswith("head.")}
     assert bool(changed & lower) is tune  # the question's lower layers: LUMEN's fine-tuned question encoder
+    # the memory is the reader's input, never its parameter: no gradient reaches it, training leaves it as it was
+    assert not batch["memory"].requires_grad and batch["memory"].grad is None
     np.testing.assert_array_equal(batch["memory"][0, 0, :memory.shape[0]].numpy(), memory.astype(np.float32))
     assert ReaderSpec.from_json(reader.spec.to_json()).tune_question_encoder is tune
 
@@ -302,3 +311,30 @@ def test_read_train_fine_tunes_the_question_encoder_unless_told_to_freeze_it():
     for extra, tuned in (([], True), (["--freeze-question-encoder"], False)):
         args = build_parser().parse_args(base + extra)
         assert config_from_args(ReaderTrainConfig, args).tune_question_encoder is tuned
+
+
+def test_a_span_batch_without_any_answer_in_its_passages_trains_with_a_zero_loss(tiny_encoder_dir):
+    reader = make_reader(tiny_encoder_dir, 1, head="span").train()
+    passages = memory_passages(reader, ["the broncos beat the panthers in the game"])
+    items = [ReadItem("q", "who won?", tuple(passages))]  # span None: the answer is in no passage
+    assert "start" not in collate(reader.spec, reader.tokenizer, items)  # predicting: no targets
+    batch = collate(reader.spec, reader.tokenizer, items, targets=True)  # training: ignored targets
+    assert batch["start"].tolist() == [-100] and batch["end"].tolist() == [-100]
+    loss = reader(**batch)["loss"]
+    loss.backward()
+    assert loss.item() == 0.0
+
+
+def test_unknown_tokens_are_passage_tokens_and_targets_are_never_masked(tiny_encoder_dir):
+    reader = make_reader(tiny_encoder_dir, 1, head="span")
+    tok = reader.tokenizer
+    ids = [tok.cls_token_id, *tok.convert_tokens_to_ids(["the", "broncos"]), tok.unk_token_id, tok.sep_token_id]
+    spans = np.stack([np.arange(5), np.arange(1, 6)], axis=1).astype(np.int32)
+    passage = ReadPassage("p", np.asarray(ids, dtype=np.int32), spans, np.zeros((5, 64), np.float32), None)
+    batch = collate(reader.spec, tok, [ReadItem("q", "who?", (passage,), span=(0, 3, 3))])
+    index = batch["token_index"][0, 0]
+    lq = batch["question_ids"].shape[1]
+    assert index[lq:lq + 5].tolist() == [-1, 1, 2, 3, -1]  # [CLS] and [SEP] masked, [UNK] the passage's own
+    assert int(batch["start"][0]) == lq + 3
+    on_sep = collate(reader.spec, tok, [ReadItem("q", "who?", (passage,), span=(0, 4, 4))])  # a masked target
+    assert on_sep["start"].tolist() == [-100]

@@ -68,7 +68,7 @@ def test_bad_input_is_one_line_naming_what_is_wrong(world, trained, tiny_model_d
                  str(world["claims_run"]), "--memory", str(trained["memory"]), "--reader", str(trained["reader"]),
                  "--output", str(tmp_path / "p.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "16 question(s) have answers the reader's classification head cannot give (NOT ENOUGH INFO" in err
+    assert f"{task}:1: 16 question(s) have answers the reader's classification head cannot give (NOT ENOUGH INFO" in err
     # --k beyond the encoder's layers
     assert main(["read", "train", *trained["common"], "--model", str(tiny_model_dir), "--k", "5", "--output",
                  str(tmp_path / "k5")]) == 2
@@ -90,3 +90,20 @@ def test_retrieved_passages_missing_from_the_memory_are_named_and_counted(world,
                  "--output", str(tmp_path / "p.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "retrieved passages are not in" in err and str(small) in err and "P1#0" in err
+    assert f"error: {world['claims_run']}: 1" in err  # the run file that names them
+
+
+def test_a_memory_computed_for_eval_kilt_is_made_as_the_readers_was(world, trained, tiny_model_dir):
+    from retromem.read.checkpoint import load_reader
+    from retromem.read.kilt_reader import live_memory_for
+    from retromem.read.read_options import ReaderPredictConfig
+    from retromem.retrieve.runfile import read_trec_run
+
+    reader = load_reader(trained["reader"])
+    recorded = reader.spec.memory.encoder
+    recorded.update(max_length=16, passage_prefix="passage: ")  # as from `index memory --max-length 16 ...`
+    config = ReaderPredictConfig(task=str(world["claims"]), run=str(world["claims_run"]), passages=3,
+                                 reader=str(trained["reader"]))
+    memory = live_memory_for(reader, config, read_trec_run(world["claims_run"]))
+    encoder, layer, _ = memory.info()
+    assert (encoder["max_length"], encoder["passage_prefix"], layer) == (16, "passage: ", reader.spec.memory_layer)

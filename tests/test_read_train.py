@@ -3,6 +3,7 @@ uninterrupted run's weights, and the refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -101,3 +102,36 @@ def test_refusals(world, tiny_model_dir, encoder, tmp_path):
     del partial._codes[sorted(partial._codes)[0]]
     with pytest.raises(DataError, match=r"1 retrieved passages are not in the memory \(e.g. P0#0\)"):
         train_reader(config(world, tiny_model_dir, tmp_path / "e"), memory=partial)
+
+
+def test_refusals_name_the_line_and_the_way_out(world, tiny_model_dir, encoder, tmp_path):
+    # a memory without the gold passages training forces in
+    one = dict(passages=1)
+    cfg = ReaderTrainConfig(task=str(world["claims"]), run=str(world["claims_run"]), passages=1)
+    retrieved = reading_set(cfg).passages
+    forced = reading_set(cfg, force_gold=True)
+    assert forced.forced > 0
+    memory = LiveMemory(encoder, list(retrieved.values()), 1, make_codec("fp16", encoder.dim))
+    with pytest.raises(DataError, match=r"gold passages forced in .*read memory --force-gold.*--no-force-gold"):
+        train_reader(config(world, tiny_model_dir, tmp_path / "gold", **one), memory=memory)
+    # a memory of other text under the same passage ids (another corpus or passage cut)
+    other = [dataclasses.replace(p, text=p.text[::-1]) for p in forced.passages.values()]
+    with pytest.raises(MismatchError, match="is not its text's tokens.*--passage-words"):
+        train_reader(config(world, tiny_model_dir, tmp_path / "cut", **one),
+                     memory=LiveMemory(encoder, other, 1, make_codec("fp16", encoder.dim)))
+    # a generative head over a question without an answer: the task's line is named
+    lines = world["qa"].read_text().splitlines()
+    lines[2] = json.dumps({**json.loads(lines[2]), "output": [{"answer": "  "}]})
+    task = tmp_path / "qa-blank-kilt.jsonl"
+    task.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"qa-blank-kilt.jsonl:3: 1 question\(s\) have no answer to learn from"):
+        train_reader(dataclasses.replace(config(world, tiny_model_dir, tmp_path / "gen", task="qa", head="generative",
+                                                live_layers=2), task=str(task), corpus=str(world["source"])))
+
+
+def test_a_resumed_run_must_keep_the_answer_length(world, tiny_model_dir, encoder, tmp_path):
+    memory = live_memory(world, encoder, 1)
+    train_reader(config(world, tiny_model_dir, tmp_path / "run", max_steps=2, save_steps=2), memory=memory)
+    with pytest.raises(MismatchError, match="max_answer_length: 32 in that run, 8 now"):
+        train_reader(config(world, tiny_model_dir, tmp_path / "run", max_steps=4, save_steps=2, max_answer_length=8),
+                     memory=memory)

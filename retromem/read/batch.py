@@ -63,12 +63,13 @@ def text_passage(passage_id: str, text: str, tokenizer: Any, max_length: int, pa
 
 
 def collate(spec: ReaderSpec, tokenizer: Any, items: Sequence[ReadItem], passages: int | None = None,
-            answer_tokenizer: Any = None) -> dict[str, torch.Tensor]:
+            answer_tokenizer: Any = None, targets: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a batch of ``items``, each padded to ``passages`` passages (default: the most any has);
-    generative answers in ``answer_tokenizer`` (default: ``tokenizer``)."""
+    generative answers in ``answer_tokenizer`` (default: ``tokenizer``). ``targets`` (training): span targets
+    even when no item of the batch has its answer in its passages (all ignored; the head's loss is then zero)."""
     p_count = passages or max(len(item.passages) for item in items)
     b = len(items)
-    special = set(tokenizer.all_special_ids)
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}  # [UNK] is a passage's own token
     questions = [tokenizer(item.question, truncation=True, max_length=spec.max_question_length)["input_ids"]
                  for item in items]
     lq = max(len(q) for q in questions)
@@ -127,14 +128,15 @@ def collate(spec: ReaderSpec, tokenizer: Any, items: Sequence[ReadItem], passage
     length = index.shape[-1]
     if spec.head == "classification" and all(item.label is not None for item in items):
         batch["labels"] = torch.tensor([item.label for item in items], dtype=torch.long)
-    elif spec.head == "span" and any(item.span is not None for item in items):
+    elif spec.head == "span" and (targets or any(item.span is not None for item in items)):
         start = torch.full((b,), IGNORE, dtype=torch.long)
         end = torch.full((b,), IGNORE, dtype=torch.long)
         for i, item in enumerate(items):
             if item.span is not None and item.span[0] < p_count:
                 j, s, e = item.span
-                start[i] = j * length + offsets[i][j] + s
-                end[i] = j * length + offsets[i][j] + e
+                first, last = j * length + offsets[i][j] + s, j * length + offsets[i][j] + e
+                if min(index[i].view(-1)[first], index[i].view(-1)[last]) >= 0:  # never a masked target
+                    start[i], end[i] = first, last
         batch.update(start=start, end=end)
     elif spec.head == "generative" and all(item.answer is not None for item in items):
         batch.update(_answers(spec, answer_tokenizer or tokenizer, [item.answer for item in items]))

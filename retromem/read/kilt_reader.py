@@ -101,8 +101,11 @@ def live_memory_for(reader: Any, config: ReaderPredictConfig, run: Any) -> Any:
 
     info = reader.spec.memory
     data = reading_set(config, run=run)
-    encoder = Encoder(EncoderConfig(model=info.encoder.get("model_path") or info.encoder["model"],
-                                    precision=info.encoder.get("precision") or "fp32"))
+    recorded = info.encoder
+    encoder = Encoder(EncoderConfig(model=recorded.get("model_path") or recorded["model"],
+                                    precision=recorded.get("precision") or "fp32",
+                                    max_length=recorded.get("max_length"),
+                                    passage_prefix=recorded.get("passage_prefix")))
     # a tuned pq codebook decodes only codes assigned by the codebook it started from: code with that one
     codec = reader_memory_codec(reader) or make_codec(info.codec["name"], encoder.dim, **info.codec.get("params", {}))
     passages = [data.passages[i] for i in sorted(data.passages)]

@@ -80,7 +80,8 @@ def predict(config: ReaderPredictConfig, memory: Any = None, reader: Any = None,
     max_length = int((spec.memory.encoder.get("max_length") if spec.memory else None) or 512)
     source = PassageReader(spec, reader.tokenizer, data.passages, memory if not spec.full else None, where,
                            max_length=max_length)
-    source.require({pid for q in data.questions for pid in q.passage_ids})
+    source.require({pid for q in data.questions for pid in q.passage_ids},
+                   path=resolve_run(config.run) if config.run and reranked is None else None)
     answers, seconds = read_answers(reader, source, data, config.batch_size, config.precision, device,
                                     config.show_progress)
     predictions = [KiltPrediction(q.qid, answers[q.qid], pages_of_run(run.get(q.qid, {}), data, config.provenance))
@@ -138,10 +139,10 @@ def check_answers_expressible(spec: Any, data: ReadingSet) -> None:
         return
     unknown = sorted({a for q in data.questions for a in q.answers if a not in spec.labels})
     if unknown:
-        count = sum(1 for q in data.questions if any(a not in spec.labels for a in q.answers))
-        raise DataError(f"{count} question(s) have answers the reader's classification head cannot give "
-                        f"({', '.join(unknown[:_NAMED])}; it knows {', '.join(spec.labels)})", data.task.path,
-                        fix="use a reader trained on this task's labels")
+        bad = [q for q in data.questions if any(a not in spec.labels for a in q.answers)]
+        raise DataError(f"{len(bad)} question(s) have answers the reader's classification head cannot give "
+                        f"({', '.join(unknown[:_NAMED])}; it knows {', '.join(spec.labels)}; the first is on this "
+                        "line)", data.task.path, data.first_line(bad), fix="use a reader trained on this task's labels")
 
 
 def pages_of_run(ranking: dict[str, float], data: ReadingSet, limit: int) -> tuple[str, ...]:

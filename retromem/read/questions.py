@@ -44,6 +44,11 @@ class ReadingSet:
     source: Corpus
     forced: int = 0
 
+    def first_line(self, questions: Iterable[Question]) -> int | None:
+        """The task file's line of the first of ``questions`` (in file order), for an error to name."""
+        ids = {q.qid for q in questions}
+        return next((e.line for e in self.examples if e.id in ids), None)
+
 
 def reading_set(options, seed: int = 0, force_gold: bool = False, run: Run | None = None) -> ReadingSet:
     """The questions of ``options.task`` (``options.limit`` of them drawn with ``seed``) with the top
@@ -121,8 +126,10 @@ def top_passages(run: Run, examples: Iterable[KiltExample], k: int, where: str |
             continue
         out[example.id] = [doc for doc, _ in ranked_docs(ranking, k)]
     if absent:
+        first = next(e for e in examples if e.id == absent[0])
         raise DataError(f"{len(absent)} question(s) of the task have no retrieved passages in the run (e.g. "
-                        f"{', '.join(absent[:_NAMED])})", where, fix="search every question of the task")
+                        f"{', '.join(absent[:_NAMED])}; the first is line {first.line} of the task file)", where,
+                        fix="search every question of the task")
     return out
 
 

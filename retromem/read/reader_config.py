@@ -10,8 +10,6 @@ from typing import Any
 from retromem.errors import ConfigError
 
 HEADS = ("classification", "span", "generative")
-#: The head a KILT task's answers call for by default.
-TASK_HEADS = {"scifact": "classification", "fever": "classification", "squad": "span"}
 
 
 @dataclass

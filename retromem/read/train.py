@@ -62,6 +62,8 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
     data = reading_set(config, force_gold=config.force_gold)
     head = choose_head(config.head, data)
     labels = task_labels(data) if head == "classification" else []
+    if head == "generative":
+        require_answers(data)
     spec = ReaderSpec(encoder=config.model, num_layers=layers, live_layers=config.live_layers, head=head,
                       labels=labels, max_question_length=config.max_question_length,
                       max_passage_length=config.max_passage_length, max_answer_length=config.max_answer_length,
@@ -81,7 +83,11 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
         reader.codebook.start_from(memory.codec)  # the memory's own centroids, then trained with the reader
     source = PassageReader(spec, reader.tokenizer, data.passages, memory, where,
                            max_length=int(memory_meta.get("encoder", {}).get("max_length") or 512))
-    source.require({pid for q in data.questions for pid in q.passage_ids})
+    forced = {q.passage_ids[-1] for q in data.questions if q.forced}
+    retrieved = {pid for q in data.questions for pid in (q.passage_ids[:-1] if q.forced else q.passage_ids)}
+    source.require(retrieved, path=resolve_run(config.run))
+    source.require(forced - retrieved, what="gold passages forced in (retrieval missed their page)",
+                   fix="build the memory with `retromem read memory --force-gold`, or train with --no-force-gold")
     collator = ReadingCollator(spec, reader, source, data.questions)
     _refuse_inexpressible(spec, collator, data)
     if config.batch_size * args.world_size > len(data.questions):
@@ -132,7 +138,7 @@ class ReadingCollator:
 
     def __call__(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         items = [self.item(self.questions[int(i)]) for i in indices]
-        return collate(self.spec, self.tokenizer, items, answer_tokenizer=self.answer_tokenizer)
+        return collate(self.spec, self.tokenizer, items, answer_tokenizer=self.answer_tokenizer, targets=True)
 
 
 class ReaderTrainer(Trainer):
@@ -206,19 +212,26 @@ def choose_head(head: str, data: ReadingSet) -> str:
 
 def task_labels(data: ReadingSet) -> list[str]:
     """The classification labels of a task: its questions' first answers (sorted)."""
-    labels = sorted({q.answers[0] for q in data.questions if q.answers})
-    unanswered = sum(1 for q in data.questions if not q.answers)
-    if unanswered:
-        raise DataError(f"{unanswered} question(s) have no answer to learn from", data.task.path,
-                        fix="give a task whose examples have outputs with answers")
+    require_answers(data)
+    labels = sorted({q.answers[0] for q in data.questions})
     if len(labels) > MAX_LABELS:
         raise DataError(f"a classification head over {len(labels)} distinct answers: the task's answers are not a "
                         f"label set (e.g. {', '.join(labels[:3])})", data.task.path,
                         fix="use --head span or --head generative for free-text answers")
     if len(labels) < 2:
         raise DataError(f"the task has one label only ({labels}): a classifier has nothing to tell apart",
-                        data.task.path)
+                        data.task.path, fix="train on questions of at least two labels (a larger --limit, or the "
+                                            "whole train file)")
     return labels
+
+
+def require_answers(data: ReadingSet) -> None:
+    """Refuse questions without a non-blank answer (a classification or generative head learns from answers)."""
+    unanswered = [q for q in data.questions if not q.answers]
+    if unanswered:
+        raise DataError(f"{len(unanswered)} question(s) have no answer to learn from (e.g. {unanswered[0].qid}, "
+                        "on this line)", data.task.path, data.first_line(unanswered),
+                        fix="give a task whose examples have outputs with non-blank answers, or drop those lines")
 
 
 def _memory(config: ReaderTrainConfig, spec: ReaderSpec, memory: Any, model_path: str

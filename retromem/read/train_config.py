@@ -25,8 +25,7 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
     RESUME_MUST_MATCH = (*RunSettings.RESUME_MUST_MATCH, "model", "live_layers", "head", "passages", "force_gold",
                          "batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "limit",
                          "decoder_layers", "decoder_model", "max_question_length", "max_passage_length",
-                         "tune_codebook", "codebook_learning_rate",
-                         "tune_question_encoder")
+                         "max_answer_length", "tune_codebook", "codebook_learning_rate", "tune_question_encoder")
 
     output_dir: str = option("runs/reader", flag="--output", metavar="OUTPUT", help="run folder: checkpoints, final/")
     model: str = option(DEFAULT_MODEL, help="the encoder whose layers the reader splits (the memory's encoder)")
