@@ -156,11 +156,13 @@ def cross_encoder(train, dev, lr: float, seed: int, args) -> dict:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad()
-            total += float(loss) * len(rows)
+            total += loss.item() * len(rows)
         losses.append(total / len(order))
         acc, share = evaluate()
         accuracy.append(acc)
         supports.append(share)
+        print(f"  lr {lr:g} seed {seed} epoch {len(accuracy)}: train loss {losses[-1]:.3f}, dev accuracy {acc:.3f} "
+              f"(SUPPORTS predicted for {share:.0%}), {time.perf_counter() - started:.0f} s", flush=True)
     return {"lr": lr, "seed": seed, "dev_accuracy": accuracy, "share_predicted_supports": supports,
             "train_loss": losses, "seconds": time.perf_counter() - started}
 
