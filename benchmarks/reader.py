@@ -141,6 +141,7 @@ def run_task(task: str, args, results: dict, results_path: Path) -> dict:
     if head == "classification":
         counts = Counter(e.answers[0] for e in examples)
         summary["majority"] = max(counts.values()) / len(examples)
+        summary["page_memoriser"] = page_memoriser(read_kilt_task(resolve_kilt_task(train_name).path), examples)
     else:
         summary["answer_in_top_k"] = answer_upper_bound(examples, dev, args.passages)
     previous = results.get("tasks", {}).get(task, {}).get("rows", {}) if args.keep else {}
@@ -294,6 +295,23 @@ def retrieve(task, names, source, work: Path, depth: int):
     return runs, timing
 
 
+def page_memoriser(train, examples) -> float:
+    """Accuracy of labelling each dev question with the majority train label of the questions sharing one of its
+    gold pages (the overall train majority where none does): what learning the evidence page instead of the
+    question gives. On SciFact-KILT it is below the majority class: many dev claims are the negation of a train
+    claim on the same abstract (benchmarks/scifact_ceiling.py)."""
+    by_page: dict[str, Counter] = {}
+    for e in train:
+        for page in e.gold_pages():
+            by_page.setdefault(page, Counter())[e.answers[0]] += 1
+    overall = Counter(e.answers[0] for e in train).most_common(1)[0][0]
+    correct = 0
+    for e in examples:
+        seen = sum((by_page[p] for p in e.gold_pages() if p in by_page), Counter())
+        correct += (seen.most_common(1)[0][0] if seen else overall) == e.answers[0]
+    return correct / len(examples)
+
+
 def answer_upper_bound(examples, dev, k: int) -> float:
     """EM of the best possible extractive reader: the share of questions whose answer occurs in a top-k passage."""
     by_id = {q.qid: q for q in dev.questions}
@@ -321,6 +339,9 @@ def write_report(results: dict, out: Path) -> None:
         lines += [f"note: {note}" for note in summary.get("notes", [])] + ([""] if summary.get("notes") else [])
         if "majority" in summary:
             lines.append(f"majority-class accuracy on these dev questions: {summary['majority']:.3f}")
+        if "page_memoriser" in summary:
+            lines.append("each dev question labelled with its gold page's majority train label (learning the "
+                         f"evidence, not the question): {summary['page_memoriser']:.3f}")
         if "answer_in_top_k" in summary:
             lines.append(f"answer in the top-k passages (EM upper bound): {summary['answer_in_top_k']:.3f}")
         lines.append(f"retrieval (BM25, apart from reading): {summary['retrieval']}")
@@ -378,6 +399,8 @@ def plot(points, results, path: Path) -> None:
             ax.annotate(key, (qps, score), textcoords="offset points", xytext=(4, 4))
         if "majority" in summary:
             ax.axhline(summary["majority"], linestyle="--", color="grey", label="majority class")
+        if "page_memoriser" in summary:
+            ax.axhline(summary["page_memoriser"], linestyle=":", color="grey", label="gold-page memoriser")
         if "answer_in_top_k" in summary:
             ax.axhline(summary["answer_in_top_k"], linestyle="--", color="grey", label="answer in top-k")
         ax.set_xscale("log")
