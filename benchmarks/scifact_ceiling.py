@@ -244,12 +244,16 @@ def report(results: dict) -> str:
     runs = [run for run in results["cross_encoder"] if "agreement_with_memoriser" in run]
     if runs:
         lines += ["", "| cross-encoder, by epoch | agrees with the memoriser | accuracy on dev claims of abstracts no "
-                  "train claim cites |", "|---|---|---|"]
+                  "train claim cites | accuracy on dev claims of abstracts train claims cite |", "|---|---|---|---|"]
         for run in runs:
+            unseen, seen = run["unseen_abstracts"], results["dev"] - run["unseen_abstracts"]
+            on_seen = [(a * results["dev"] - u * unseen) / seen
+                       for a, u in zip(run["dev_accuracy"], run["dev_accuracy_on_unseen_abstracts"])]
             lines.append(f"| lr {run['lr']:g} seed {run['seed']} | "
                          f"{', '.join(f'{a:.2f}' for a in run['agreement_with_memoriser'])} | "
                          f"{', '.join(f'{a:.3f}' for a in run['dev_accuracy_on_unseen_abstracts'])} "
-                         f"({run['unseen_abstracts']} claims) |")
+                         f"({unseen} claims) | "
+                         f"{', '.join(f'{a:.3f}' for a in on_seen)} ({seen} claims) |")
     return "\n".join(lines) + "\n"
 
 
