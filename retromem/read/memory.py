@@ -33,9 +33,12 @@ class PassageReader:
     ``spans``), or, for k = N, the passage text (``passages``) tokenised. ``passages`` also gives span answers
     their text. For a reader with a tuned pq codebook (``spec.tuned_codebook``) the memory's undecoded codes
     (``gather_codes(ids)``), unpacked to sub-codes, instead of decoded vectors; a memory coded with another
-    codebook than the reader's started from is refused, and so is a memory whose tokens are not its passage's
+    codebook than the reader's started from is refused, and so is a memory whose tokens are not its passages'
     text as the tokenizer cuts it (a memory of another corpus, or of passages cut otherwise: the ids agree, the
-    text does not), checked once per passage."""
+    text does not), checked by :meth:`require` on a sample of the passages, before any reading is timed."""
+
+    #: Passages :meth:`require` checks against their text (a mismatch of corpus or cut shows in every one).
+    TEXT_SAMPLE = 32
 
     def __init__(self, spec: ReaderSpec, tokenizer: Any, passages: Mapping[str, Passage], memory: Any = None,
                  where: str | Path = "the memory", max_length: int = 256):
@@ -47,8 +50,6 @@ class PassageReader:
         self.max_length = max_length
         self._ids = set(memory.ids()) if memory is not None else None
         self._codebook = None  # (M, nbits) where the reader decodes codes itself
-        self._checked: set[str] = set()  # passages whose memory tokens were found to be their text's
-        self._special = set(tokenizer.all_special_ids)
         if spec.tuned_codebook and not spec.full and memory is not None:
             require_codebook(spec.memory.tuned_codebook, memory, where)
             m, nbits, _ = codebook_shape(spec.memory.codec)
@@ -62,13 +63,19 @@ class PassageReader:
     def require(self, ids: Iterable[str], what: str = "retrieved passages", path: str | Path | None = None,
                 fix: str | None = None) -> None:
         """Refuse (:class:`DataError`, naming them and their count, and ``path``: the run file that names them)
-        ``ids`` that cannot be read."""
+        ``ids`` that cannot be read; and (:class:`MismatchError`) a memory whose tokens are not the text of the
+        first :attr:`TEXT_SAMPLE` of them."""
+        ids = sorted(set(ids))
         missing = self.missing(ids)
         if missing:
             where = self.where if not self.spec.full else "the knowledge source's passages"
             raise DataError(f"{len(missing)} {what} are not in {where} (e.g. {', '.join(missing[:_NAMED])})", path,
                             fix=fix or "build the memory of these passages with `retromem read memory` over the same "
                                        "run, or search the corpus the memory was built from")
+        if not self.spec.full and self.memory is not None:
+            sample = [i for i in ids if i in self.passages][:self.TEXT_SAMPLE]
+            for i, mem in zip(sample, self.memory.gather(sample)):
+                self._require_text(i, mem.token_ids, mem.spans, memory_text(self.passages[i], self.spec.passage_prefix))
 
     def read(self, ids: Sequence[str]) -> list[ReadPassage]:
         if self.spec.full:
@@ -93,9 +100,6 @@ class PassageReader:
             else:
                 vectors = np.asarray(mem.vectors[:n], dtype=np.float32)
             text = memory_text(passage, self.spec.passage_prefix) if passage is not None else None
-            if text is not None and i not in self._checked:
-                self._require_text(i, mem.token_ids, mem.spans, text)
-                self._checked.add(i)
             out.append(ReadPassage(i, np.asarray(mem.token_ids[:n]), np.asarray(mem.spans[:n]), vectors, text,
                                    passage.page_id if passage is not None else None, codes))
         return out
@@ -104,8 +108,9 @@ class PassageReader:
         """Each memory token (but special ones) must be one of the text's tokens its span covers (the one a merged
         token kept), or answers would be mapped back to the wrong characters."""
         ids = self.tokenizer(text, truncation=False)["input_ids"]
+        special = set(self.tokenizer.all_special_ids)
         for m, (token, (begin, end)) in enumerate(zip(np.asarray(token_ids).tolist(), np.asarray(spans).tolist())):
-            if token not in self._special and token not in ids[begin:end]:
+            if token not in special and token not in ids[begin:end]:
                 raise MismatchError(f"{self.where}: the memory of passage {passage_id} is not its text's tokens (token "
                                     f"{m} is {self.tokenizer.convert_ids_to_tokens(token)!r}, the text has "
                                     f"{self.tokenizer.convert_ids_to_tokens(ids[begin:end])} there): the memory was "
