@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from retromem.errors import MissingDataError
+from retromem.errors import ConfigError, MissingDataError
 
 #: Short names for models that ship inside Python packages, so that they load with no download.
 ALIASES = {
@@ -46,6 +48,19 @@ def resolve_model_path(name: str) -> str:
             "cache, and downloads are off (HF_HUB_OFFLINE): give a model folder, or download it first with "
             "HF_HUB_OFFLINE=0")
     return name  # a hub id: transformers resolves it (from its cache when offline)
+
+
+@contextmanager
+def remote_code_refusal(model: str) -> Iterator[None]:
+    """Around a load with ``trust_remote_code=False``: transformers' refusal of a model that needs its own Python
+    code becomes a :class:`ConfigError` that names the flag which allows it."""
+    try:
+        yield
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise ConfigError(f"{model} needs its own Python code to load (its config.json's auto_map names it): "
+                          "give --trust-remote-code to run it, only for a model whose code you trust") from err
 
 
 def _offline() -> bool:

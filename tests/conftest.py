@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random BERT (plain and as a sentence-transformers folder), a tiny BEIR set,
-and the shared real-data folder (tests that need it skip where it is absent)."""
+"""Shared fixtures: a tiny random BERT (plain, as a model of its own code, as a sentence-transformers folder), a
+tiny BEIR set, and the shared real-data folder (tests that need it skip where it is absent)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import logging
 import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# where transformers copies a model's own code before importing it (tiny_remote_model_dir): never ~/.cache
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="retromem-tests-hf-modules-"))
 
 WORDS = [
     "protein", "cell", "gene", "tumor", "virus", "immune", "receptor", "signal", "brain", "neuron", "drug",
@@ -65,6 +68,36 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     model = BertModel(tiny_bert_config(len(tokenizer)))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+REMOTE_CODE = """from transformers import BertConfig, BertModel
+
+
+class TinyRemoteConfig(BertConfig):
+    model_type = "tiny-remote-bert"
+
+
+class TinyRemoteModel(BertModel):
+    config_class = TinyRemoteConfig
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_remote_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT's weights as a model of its own code (config.json's auto_map names modeling_tiny.py, a
+    model type transformers does not know): it loads only with trust_remote_code."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-remote-bert")
+    for path in tiny_model_dir.iterdir():
+        shutil.copy(path, folder / path.name)
+    (folder / "modeling_tiny.py").write_text(REMOTE_CODE, encoding="utf-8")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config.update(model_type="tiny-remote-bert", architectures=["TinyRemoteModel"],
+                  auto_map={"AutoConfig": "modeling_tiny.TinyRemoteConfig",
+                            "AutoModel": "modeling_tiny.TinyRemoteModel"})
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
 
 

@@ -14,6 +14,7 @@ import torch
 from retromem import device as device_module
 from retromem.data.passage import Passage
 from retromem.device import cpu_supports_bf16, resolve_autocast_dtype
+from retromem.errors import ConfigError
 from retromem.index.encoder import (
     Encoder,
     EncoderConfig,
@@ -76,6 +77,15 @@ def test_plain_model_defaults_to_cls_without_normalisation(tiny_model_dir):
     vectors = encoder.encode(TEXTS)
     assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), 64)
     np.testing.assert_allclose(vectors, reference_vectors(tiny_model_dir, TEXTS, "cls"), atol=1e-5, rtol=0)
+
+
+def test_a_model_of_its_own_code_loads_only_when_its_code_is_trusted(tiny_remote_model_dir, tiny_model_dir):
+    with pytest.raises(ConfigError, match="own Python code.*give --trust-remote-code"):
+        Encoder(EncoderConfig(model=str(tiny_remote_model_dir), precision="fp32", device="cpu"))
+    trusted = Encoder(EncoderConfig(model=str(tiny_remote_model_dir), precision="fp32", device="cpu",
+                                    trust_remote_code=True))
+    assert type(trusted.model).__name__ == "TinyRemoteModel"  # its own class, from modeling_tiny.py
+    np.testing.assert_allclose(trusted.encode(TEXTS), fp32(tiny_model_dir).encode(TEXTS), atol=1e-6, rtol=0)
 
 
 def test_mean_pooling_averages_the_real_tokens_only(tiny_model_dir):

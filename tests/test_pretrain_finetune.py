@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from retromem.data.beir import load_beir
-from retromem.errors import DataError, MismatchError, RetromemError
+from retromem.errors import ConfigError, DataError, MismatchError, RetromemError
 from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.pretrain.contrastive_examples import build_examples, relevant_docs
 from retromem.pretrain.contrastive_jsonl import read_jsonl_examples
@@ -113,6 +113,13 @@ def test_mining_excludes_positives_skips_and_picks_the_configured_number(tmp_pat
         assert filtered == (expected[:1] if expected else None)
     # the embeddings and the Flat index are cached where `retromem eval beir` would put them
     assert list((tmp_path / "work" / "toy").glob("*/index-Flat-ip/index.json"))
+
+
+def test_a_model_of_its_own_code_is_fine_tuned_only_when_its_code_is_trusted(tmp_path, tiny_remote_model_dir, toy_beir):
+    with pytest.raises(ConfigError, match="own Python code.*give --trust-remote-code"):
+        build_model(_config(tmp_path, tiny_remote_model_dir, toy_beir))
+    model, settings = build_model(_config(tmp_path, tiny_remote_model_dir, toy_beir, trust_remote_code=True))
+    assert type(model[0].auto_model).__name__ == "TinyRemoteModel" and settings["pooling"] == "cls"
 
 
 def test_beir_examples_pair_every_relevant_judgment_with_mined_negatives(tmp_path, tiny_model_dir, toy_beir):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, BertConfig
 
-from retromem.errors import MissingDataError, RetromemError
+from retromem.errors import MismatchError, MissingDataError, RetromemError
 from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.io import current_umask
 from retromem.pretrain.model import CONFIG_FILE, HEADS_FILE, PretrainModel
@@ -157,6 +157,12 @@ def test_bad_construction_is_refused(tokenizer, tmp_path):
     model.encoder.save_pretrained(tmp_path / "plain")
     with pytest.raises(MissingDataError, match="pretrain_config.json"):
         PretrainModel.from_pretrained(tmp_path / "plain")
+
+
+def test_a_model_of_its_own_code_is_refused_not_asked_about(tiny_remote_model_dir, monkeypatch):
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("transformers asked whether to run the model's code"))
+    with pytest.raises(MismatchError, match="cannot be pretrained here: .*custom code"):
+        PretrainModel.from_encoder(str(tiny_remote_model_dir), "mlm")
 
 
 @pytest.mark.parametrize("positions", [{"position_embedding_type": "relative_key"}, {"position_biased_input": False}])

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from retromem.data.passage import Passage
 from retromem.device import PRECISIONS, check_device, precision_name, resolve_autocast_dtype
 from retromem.errors import ConfigError
-from retromem.model_paths import DEFAULT_MODEL, model_fingerprint, resolve_model_path
+from retromem.model_paths import DEFAULT_MODEL, model_fingerprint, remote_code_refusal, resolve_model_path
 from retromem.options import check_options, option
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,10 @@ class Encoder:
         self.passage_prefix = (config.passage_prefix if config.passage_prefix is not None
                                else st.get("passage_prefix", ""))
         self.device = check_device(config.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
-        self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code,
-                                               dtype=torch.float32)
+        with remote_code_refusal(config.model):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code)
+            self.model = AutoModel.from_pretrained(self.model_path, trust_remote_code=config.trust_remote_code,
+                                                   dtype=torch.float32)
         self.model.to(self.device).eval()
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if config.max_length is not None and positions and config.max_length > positions:

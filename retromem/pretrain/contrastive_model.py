@@ -21,7 +21,7 @@ from sentence_transformers.util import cos_sim, dot_score
 
 from retromem.errors import ConfigError, RetromemError
 from retromem.index.encoder import read_sentence_transformers_config
-from retromem.model_paths import model_fingerprint, resolve_model_path
+from retromem.model_paths import model_fingerprint, remote_code_refusal, resolve_model_path
 from retromem.options import named
 from retromem.pretrain.finetune_config import DEFAULT_MINI_BATCH, FinetuneConfig
 
@@ -39,7 +39,8 @@ def build_model(config: FinetuneConfig, fingerprint: str | None = None) -> tuple
     path = resolve_model_path(config.model)
     folder_settings = read_sentence_transformers_config(path) if Path(path).is_dir() else {}
     if (Path(path) / "modules.json").exists():
-        loaded = SentenceTransformer(path, trust_remote_code=config.trust_remote_code, device="cpu")
+        with remote_code_refusal(config.model):
+            loaded = SentenceTransformer(path, trust_remote_code=config.trust_remote_code, device="cpu")
         modules = list(loaded.children())
         if not modules or not isinstance(modules[0], Transformer) or not all(
                 isinstance(m, (Pooling, Normalize)) for m in modules[1:]):
@@ -49,8 +50,9 @@ def build_model(config: FinetuneConfig, fingerprint: str | None = None) -> tuple
         transformer = modules[0]
         prompts = dict(loaded.prompts or {})
     else:
-        remote = {"trust_remote_code": True} if config.trust_remote_code else None
-        transformer = Transformer(path, model_kwargs=remote, processor_kwargs=remote, config_kwargs=remote)
+        remote = {"trust_remote_code": bool(config.trust_remote_code)}  # False: refused, never asked at a prompt
+        with remote_code_refusal(config.model):
+            transformer = Transformer(path, model_kwargs=remote, processor_kwargs=remote, config_kwargs=remote)
         prompts = {}
     settings = {
         "pooling": config.pooling if config.pooling != "auto" else folder_settings.get("pooling", "cls"),

@@ -108,11 +108,12 @@ class PretrainModel(nn.Module):
                 mlm_model = AutoModelForMaskedLM.from_config(name_or_config)
         else:
             path = resolve_model_path(str(name_or_config))
-            tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
-            with _unsupported_model(path):
-                encoder = AutoModel.from_pretrained(path)
+            with _unsupported_model(path):  # a model of its own code is refused (False: never asked at a prompt)
+                tok = _load_tokenizer(tokenizer if tokenizer is not None else path)
+                encoder = AutoModel.from_pretrained(path, trust_remote_code=False)
                 with _quiet_transformers():  # its load report lists the head we know may be missing
-                    mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+                    mlm_model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True,
+                                                                           trust_remote_code=False)
             fresh = [k for k in info.get("missing_keys", []) if not k.startswith(mlm_model.base_model_prefix + ".")]
             if fresh:
                 logger.info("%s has no MLM head weights for %s: initialised fresh (output tied to the word embeddings)",
@@ -157,7 +158,7 @@ class PretrainModel(nn.Module):
                                ", ".join(f"{k}={v!r}" for k, v in dropped.items()),
                                ", ".join(f"{k}={now[k]!r}" for k in dropped))
         tok = _load_tokenizer(str(folder))
-        encoder = AutoModel.from_pretrained(str(folder))
+        encoder = AutoModel.from_pretrained(str(folder), trust_remote_code=False)
         with torch.device("meta"):
             skeleton = AutoModelForMaskedLM.from_config(encoder.config)
         mlm_head = MLMHead.from_masked_lm(skeleton, encoder, tied=saved.get("tied_word_embeddings", True))
@@ -380,7 +381,7 @@ def _load_tokenizer(tokenizer: str | Any):
     from transformers import AutoTokenizer
 
     if isinstance(tokenizer, (str, os.PathLike)):
-        return AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)))
+        return AutoTokenizer.from_pretrained(resolve_model_path(str(tokenizer)), trust_remote_code=False)
     return tokenizer
 
 

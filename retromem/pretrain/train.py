@@ -257,7 +257,7 @@ def _load_model(config: PretrainConfig) -> PretrainModel:
     tokenizer = config.tokenizer or (None if source.endswith(".json") else source)
     if tokenizer is None:
         raise RetromemError(f"training from the config file {source} needs a tokenizer: give --tokenizer")
-    return PretrainModel.from_encoder(AutoConfig.from_pretrained(source), objective=objective,
+    return PretrainModel.from_encoder(AutoConfig.from_pretrained(source, trust_remote_code=False), objective=objective,
                                       tokenizer=tokenizer, **options)
 
 
