@@ -121,6 +121,16 @@ def test_a_reader_refuses_a_memory_of_another_encoder_layer_or_codec(tiny_encode
         ReaderSpec(encoder="x", num_layers=6, live_layers=7, head="span")
 
 
+def test_an_encoder_not_laid_out_as_bert_is_refused_by_name(tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                      num_heads=2))
+    spec = ReaderSpec(encoder="tiny-t5", num_layers=2, live_layers=1, head="span")
+    with pytest.raises(ConfigError, match=r"tiny-t5 \(T5EncoderModel\) is not laid out as BERT"):
+        MemoryReader(spec, encoder, tokenizer)
+
+
 def test_the_span_head_maps_answers_back_through_merged_tokens(tokenizer):
     text = "The Denver Broncos won Super Bowl 50 in February."
     ids = tokenizer(text)["input_ids"]

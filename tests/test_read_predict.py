@@ -4,6 +4,7 @@ reader inside eval kilt, and bad input (missing passages, labels the head cannot
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -107,3 +108,34 @@ def test_a_memory_computed_for_eval_kilt_is_made_as_the_readers_was(world, train
     memory = live_memory_for(reader, config, read_trec_run(world["claims_run"]))
     encoder, layer, _ = memory.info()
     assert (encoder["max_length"], encoder["passage_prefix"], layer) == (16, "passage: ", reader.spec.memory_layer)
+
+
+def test_an_encoder_of_its_own_code_is_read_only_with_trust_remote_code(world, tiny_remote_model_dir, tmp_path,
+                                                                        capsys):
+    """read memory, read train, eval kilt --reader and read predict refuse such a model (and its reader) until
+    --trust-remote-code is given; the reader folder keeps a copy of the model's code, so it loads after the model
+    folder is gone."""
+    from retromem.read.checkpoint import load_reader
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_remote_model_dir, model)
+    common = ["--task", str(world["claims"]), "--run", str(world["claims_run"]), "--passages", "3"]
+    memory, final, predictions = tmp_path / "memory", tmp_path / "run" / "final", tmp_path / "pred.jsonl"
+    commands = [
+        ["read", "memory", *common, "--model", str(model), "--k", "1", "--force-gold", "--output", str(memory)],
+        ["read", "train", *common, "--memory", str(memory), "--model", str(model), "--k", "1", "--output",
+         str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4", "--precision", "fp32"],
+        ["eval", "kilt", "--task", str(world["claims"]), "--model", str(model), "--precision", "fp32", "--workdir",
+         str(tmp_path / "work"), "--output", str(tmp_path / "eval"), "--reader", str(final), "--reader-passages", "3"],
+        ["read", "predict", *common, "--memory", str(memory), "--reader", str(final), "--output", str(predictions)],
+    ]
+    for argv in commands:
+        if argv[1] == "predict":
+            assert (final / "modeling_tiny.py").is_file()
+            shutil.rmtree(model)
+        assert main(argv) == 2
+        assert "needs its own Python code" in capsys.readouterr().err
+        assert main([*argv, "--trust-remote-code"]) == 0
+    assert len(read_kilt_predictions(predictions)) == 16
+    assert "kilt_ac" in json.loads((tmp_path / "eval" / "reader" / "results.json").read_text())["metrics"]
+    assert type(load_reader(final, trust_remote_code=True).encoder).__name__ == "TinyRemoteModel"

@@ -66,7 +66,8 @@ def run(args, retrieval) -> int | None:
 
     rerank = config_from_args(ReadRerankOptions, args)
     result = read_retrieval(retrieval, args.reader, args.memory, passages=args.reader_passages,
-                            batch_size=args.reader_batch_size, show_progress=True, rerank=rerank)
+                            batch_size=args.reader_batch_size, show_progress=True, rerank=rerank,
+                            trust_remote_code=args.trust_remote_code)
     print(f"\nreader {args.reader} over the top {args.reader_passages} passages "
           f"({result.outcome.questions_per_second:.1f} questions/s reading, retrieval excluded"
           f"{rerank_note(result.outcome)})\n")

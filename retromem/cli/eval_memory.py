@@ -69,7 +69,8 @@ def run(args, start: float) -> int:
         first_path = args.run
         first = read_trec_run(first_path)
         recorded = store.meta.encoder
-        encoder = Encoder(EncoderConfig(model=recorded.model_path or recorded.model, max_length=recorded.max_length))
+        encoder = Encoder(EncoderConfig(model=recorded.model_path or recorded.model, max_length=recorded.max_length,
+                                        trust_remote_code=args.trust_remote_code))
         first_name = args.run.name
     else:
         config = BeirEvalConfig(**values, encoder=encoder_config(args), index=index_config(args), show_progress=True)

@@ -77,7 +77,8 @@ def rerank_if_asked(args, run, queries, encoder=None):
         from retromem.index.encoder import EncoderConfig
 
         recorded = store.meta.encoder
-        encoder = Encoder(EncoderConfig(model=recorded.model_path or recorded.model, max_length=recorded.max_length))
+        encoder = Encoder(EncoderConfig(model=recorded.model_path or recorded.model, max_length=recorded.max_length,
+                                        trust_remote_code=args.trust_remote_code))
     reranker = MemoryReranker(store, encoder, config_from_args(RerankConfig, args))
     return reranker.rerank(run, queries, show_progress=True)
 

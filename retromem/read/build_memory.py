@@ -33,7 +33,8 @@ def build_reading_memory(config: ReaderMemoryConfig):
 
     config.validate()
     data = reading_set(config, force_gold=config.force_gold)
-    encoder = Encoder(EncoderConfig(model=config.model, precision=config.precision, batch_size=config.batch_size))
+    encoder = Encoder(EncoderConfig(model=config.model, precision=config.precision, batch_size=config.batch_size,
+                                    trust_remote_code=config.trust_remote_code))
     layers = num_layers(encoder)
     check_k(config.live_layers, layers, config.model)
     if config.live_layers == layers:

@@ -39,6 +39,10 @@ def save_reader(reader: Any, folder: str | Path, details: Mapping[str, Any] | No
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     reader.encoder.config.save_pretrained(folder)
+    if getattr(reader.encoder, "_auto_class", None):  # a model of its own code: the folder keeps a copy of it
+        from transformers.dynamic_module_utils import custom_object_save
+
+        custom_object_save(reader.encoder, folder, config=reader.encoder.config)
     reader.tokenizer.save_pretrained(folder)
     if reader.spec.head == "generative":
         decoder = reader.head.decoder
@@ -64,22 +68,25 @@ def read_reader_meta(folder: str | Path) -> ArtifactMeta:
     return ArtifactMeta.read(path, "reader")
 
 
-def load_reader(folder: str | Path, device: str | torch.device = "cpu") -> Any:
-    """The reader saved in ``folder`` (built from its configs, then its weights loaded)."""
+def load_reader(folder: str | Path, device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Any:
+    """The reader saved in ``folder`` (built from its configs, then its weights loaded); ``trust_remote_code``
+    runs the copy of its encoder's own code the folder holds (a reader of such an encoder needs it)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    from retromem.model_paths import remote_code_refusal
     from retromem.read.model import MemoryReader
 
     folder = Path(folder)
     meta = read_reader_meta(folder)
     spec = ReaderSpec.from_json(meta.details["spec"])
-    config = AutoConfig.from_pretrained(folder)
-    encoder = AutoModel.from_config(config, add_pooling_layer=False)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    decoder = None
-    if spec.head == "generative":
-        decoder = _load_decoder(folder / DECODER_DIR)
+    with remote_code_refusal(f"the reader {folder}"):
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        encoder = AutoModel.from_config(config, add_pooling_layer=False, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        decoder = None
+        if spec.head == "generative":
+            decoder = _load_decoder(folder / DECODER_DIR, trust_remote_code)
     reader = MemoryReader(spec, encoder, tokenizer, decoder)
     reader.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     return reader.to(device).eval()
@@ -124,12 +131,12 @@ def memory_info(encoder: EncoderInfo | Mapping[str, Any], layer: int, codec: Map
     return MemoryInfo(encoder=info, layer=int(layer), codec=codec_identity(codec))
 
 
-def _load_decoder(folder: Path) -> torch.nn.Module:
+def _load_decoder(folder: Path, trust_remote_code: bool) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, BertLMHeadModel
 
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if getattr(config, "is_encoder_decoder", False):
-        model = AutoModelForSeq2SeqLM.from_config(config)
-        model.retromem_tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=trust_remote_code)
+        model.retromem_tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         return model
     return BertLMHeadModel(config)

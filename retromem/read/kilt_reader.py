@@ -39,13 +39,15 @@ class ReaderEvalResult:
 
 def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | None = None, passages: int = 5,
                    batch_size: int = 16, output_dir: str | Path | None = None, device: str | None = None,
-                   show_progress: bool = False, rerank: Any = None) -> ReaderEvalResult:
+                   show_progress: bool = False, rerank: Any = None, trust_remote_code: bool = False
+                   ) -> ReaderEvalResult:
     """Read the questions of ``retrieval`` (a :class:`retromem.eval.kilt_pipeline.KiltEvalResult`) with the
     reader in ``reader_dir`` over its ranked passages (reranked from a token memory first with ``rerank``, a
     :class:`retromem.read.read_options.ReadRerankOptions`); score and write the results (``output_dir``, default
-    ``<retrieval results>/reader``)."""
+    ``<retrieval results>/reader``). ``trust_remote_code``: let the reader's (and its memory encoder's) own code
+    run."""
     started = time.perf_counter()
-    reader = load_reader(reader_dir, device or "cpu")
+    reader = load_reader(reader_dir, device or "cpu", trust_remote_code)
     out = Path(output_dir) if output_dir else retrieval.results_path.parent / "reader"
     words = retrieval.metadata.get("passages", {})
     config = ReaderPredictConfig(task=retrieval.metadata["task_file"], run=str(retrieval.run_path),
@@ -54,7 +56,7 @@ def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | 
                                  passage_stride=(words.get("stride") if words.get("stride") != words.get("words")
                                                  else None),
                                  reader=str(reader_dir), output=str(out / "predictions.jsonl"), batch_size=batch_size,
-                                 device=device, show_progress=show_progress,
+                                 device=device, show_progress=show_progress, trust_remote_code=trust_remote_code,
                                  **(asdict(rerank) if rerank is not None else {}))
     config.validate()
     run, reranked = retrieval.run, None
@@ -69,7 +71,8 @@ def read_retrieval(retrieval: Any, reader_dir: str | Path, memory: str | Path | 
         from retromem.read.rerank import rerank_for_reading
 
         reranked = rerank_for_reading(config, reader.spec, run, {e.id: e.input for e in retrieval.examples},
-                                      memory=memory or live, device=device, show_progress=show_progress)
+                                      memory=memory or live, device=device, show_progress=show_progress,
+                                      trust_remote_code=trust_remote_code)
         run = reranked.run
     if not reader.spec.full and not memory and live is None:
         clock = time.perf_counter()
@@ -105,7 +108,8 @@ def live_memory_for(reader: Any, config: ReaderPredictConfig, run: Any) -> Any:
     encoder = Encoder(EncoderConfig(model=recorded.get("model_path") or recorded["model"],
                                     precision=recorded.get("precision") or "fp32",
                                     max_length=recorded.get("max_length"),
-                                    passage_prefix=recorded.get("passage_prefix")))
+                                    passage_prefix=recorded.get("passage_prefix"),
+                                    trust_remote_code=config.trust_remote_code))
     # a tuned pq codebook decodes only codes assigned by the codebook it started from: code with that one
     codec = reader_memory_codec(reader) or make_codec(info.codec["name"], encoder.dim, **info.codec.get("params", {}))
     passages = [data.passages[i] for i in sorted(data.passages)]

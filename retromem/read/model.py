@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from retromem.errors import ConfigError
 from retromem.read.codebook import CodebookDecoder, codebook_shape
 from retromem.read.heads import ClassificationHead, GenerativeHead, SpanHead
 from retromem.read.reader_config import ReaderSpec
@@ -51,6 +52,7 @@ class MemoryReader(nn.Module):
         self.encoder = encoder
         self.tokenizer = tokenizer
         hidden = int(encoder.config.hidden_size)
+        _require_bert_layout(encoder, spec.encoder)
         layers = self.layers
         if spec.num_layers != len(layers):
             raise ValueError(f"spec says {spec.num_layers} layers, the encoder has {len(layers)}")
@@ -73,12 +75,16 @@ class MemoryReader(nn.Module):
         """A new reader over the encoder at ``model_path`` (its weights; the heads fresh)."""
         from transformers import AutoModel, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        encoder = AutoModel.from_pretrained(model_path, trust_remote_code=trust_remote_code, dtype=torch.float32,
-                                            add_pooling_layer=False)
+        from retromem.model_paths import remote_code_refusal
+
+        with remote_code_refusal(spec.encoder or model_path):
+            tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            encoder = AutoModel.from_pretrained(model_path, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                                add_pooling_layer=False)
         decoder = None
         if spec.head == "generative" and spec.decoder_model:
-            decoder = _seq2seq_decoder(spec.decoder_model, trust_remote_code)
+            with remote_code_refusal(spec.decoder_model):
+                decoder = _seq2seq_decoder(spec.decoder_model, trust_remote_code)
         return cls(spec, encoder, tokenizer, decoder)
 
     @property
@@ -152,6 +158,15 @@ class MemoryReader(nn.Module):
         """Answer token ids of the generative head (greedy unless ``kwargs`` say otherwise)."""
         hidden, mask = self.live(batch)
         return self.head.generate(hidden, mask, **kwargs)
+
+
+def _require_bert_layout(encoder: nn.Module, name: str) -> None:
+    """Refuse an encoder the reader cannot split: it runs the embeddings and the layers of ``encoder.layer``
+    itself (BERT's layout, shared by RoBERTa, ELECTRA, MiniLM...)."""
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not hasattr(encoder, "embeddings") or not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"{name or 'the encoder'} ({type(encoder).__name__}) is not laid out as BERT (embeddings, "
+                          "encoder.layer): the reader splits such encoders only (BERT, RoBERTa, ELECTRA, MiniLM...)")
 
 
 # ---- decoders -------------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def predict(config: ReaderPredictConfig, memory: Any = None, reader: Any = None,
     and it is not reranked again)."""
     config.validate()
     device = check_device(config.device)
-    reader = reader if reader is not None else load_reader(config.reader, device)
+    reader = reader if reader is not None else load_reader(config.reader, device, config.trust_remote_code)
     spec = reader.spec
     run = run if run is not None else read_trec_run(resolve_run(config.run))
     if reranked is None and config.rerank:
@@ -101,7 +101,8 @@ def rerank_run(config: ReaderPredictConfig, spec: Any, run: Run) -> Any:
 
     examples = subsample(read_kilt_task(resolve_kilt_task(config.task).path), config.limit, 0)
     return rerank_for_reading(config, spec, run, {e.id: e.input for e in examples}, memory=config.memory,
-                              device=config.device, show_progress=config.show_progress)
+                              device=config.device, show_progress=config.show_progress,
+                              trust_remote_code=config.trust_remote_code)
 
 
 def read_answers(reader: Any, source: PassageReader, data: ReadingSet, batch_size: int, precision: str,

@@ -30,6 +30,8 @@ class ReadingOptions:
     passage_stride: int | None = option(None, min=1, help="words between passage starts (default: --passage-words)")
     limit: int | None = option(None, min=1, help="read only this many questions (a fixed random subsample, seed 0, the "
                               "same for every command)")
+    trust_remote_code: bool = option(False, help="allow the encoder's own Python code (its config.json's auto_map) "
+                                     "to run, and a reader folder's copy of it")
 
 
 def check_reading(options: ReadingOptions) -> None:

@@ -43,8 +43,8 @@ class RerankOutcome:
 
 
 def rerank_for_reading(options: ReadRerankOptions, spec: Any, run: Run, questions: Mapping[str, str],
-                       memory: Any = None, device: str | None = None, show_progress: bool = False
-                       ) -> RerankOutcome:
+                       memory: Any = None, device: str | None = None, show_progress: bool = False,
+                       trust_remote_code: bool = False) -> RerankOutcome:
     """``run`` with the top ``options.rerank_depth`` passages of each of ``questions`` (id -> text) reranked by
     MaxSim over ``options.rerank_memory``, else ``memory`` (the reader's memory folder, or a memory object such
     as :class:`retromem.read.memory.LiveMemory`); ``spec``: the reader's
@@ -68,9 +68,10 @@ def rerank_for_reading(options: ReadRerankOptions, spec: Any, run: Run, question
     todo = {qid: text for qid, text in questions.items() if qid in run}
     require_passages(store, {qid: run[qid] for qid in todo}, depth, flag)
     recorded = store.meta.encoder
+    # the questions at the precision the memory was made in
     encoder = Encoder(EncoderConfig(model=recorded.model_path or recorded.model, max_length=recorded.max_length,
                                     precision=recorded.precision if recorded.precision in PRECISIONS else "auto",
-                                    device=device))  # the questions at the precision the memory was made in
+                                    device=device, trust_remote_code=trust_remote_code))
     reranker = MemoryReranker(store, encoder, RerankConfig(rerank_depth=depth, rerank_weight=options.rerank_weight))
     clock = time.perf_counter()
     reranked = reranker.rerank({qid: run[qid] for qid in todo}, todo, show_progress=show_progress)

@@ -54,7 +54,7 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
     config.validate()
     started = time.perf_counter()
     model_path = resolve_model_path(config.model)
-    layers = encoder_layers(model_path)
+    layers = encoder_layers(model_path, config.model, config.trust_remote_code)
     check_k(config.live_layers, layers, config.model)
     if config.tune_codebook and config.live_layers == layers:
         raise ConfigError(f"--tune-codebook tunes the pq codebook of the memory the reader reads, and --k {layers} "
@@ -78,7 +78,7 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
     run = start_run(config, args, precision, extra={"data_key": key},
                     opaque={"data_key": "the task, the run, the knowledge source or the memory"})
     set_seed(config.seed)
-    reader = MemoryReader.from_encoder(spec, model_path)
+    reader = MemoryReader.from_encoder(spec, model_path, config.trust_remote_code)
     if reader.codebook is not None:
         reader.codebook.start_from(memory.codec)  # the memory's own centroids, then trained with the reader
     source = PassageReader(spec, reader.tokenizer, data.passages, memory, where,
@@ -189,10 +189,13 @@ class ReaderTrainer(Trainer):
                       Path(resume_from_checkpoint))
 
 
-def encoder_layers(model_path: str) -> int:
+def encoder_layers(model_path: str, model: str, trust_remote_code: bool = False) -> int:
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(model_path).num_hidden_layers)
+    from retromem.model_paths import remote_code_refusal
+
+    with remote_code_refusal(model):
+        return int(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code).num_hidden_layers)
 
 
 def check_k(k: int, layers: int, model: str) -> None:
