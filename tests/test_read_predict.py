@@ -139,3 +139,33 @@ def test_an_encoder_of_its_own_code_is_read_only_with_trust_remote_code(world, t
     assert len(read_kilt_predictions(predictions)) == 16
     assert "kilt_ac" in json.loads((tmp_path / "eval" / "reader" / "results.json").read_text())["metrics"]
     assert type(load_reader(final, trust_remote_code=True).encoder).__name__ == "TinyRemoteModel"
+
+
+def test_an_exported_encoder_is_the_readers_and_makes_the_memory_of_a_new_reader(world, trained, tmp_path, capsys):
+    import torch
+    from transformers import AutoModel
+
+    from retromem.read.checkpoint import load_reader
+    from retromem.read.export import SOURCE_FILE
+
+    exported = tmp_path / "encoder"
+    assert main(["read", "export-encoder", "--reader", str(trained["reader"]), "--output", str(exported)]) == 0
+    reader = load_reader(trained["reader"])
+    plain = AutoModel.from_pretrained(exported).eval()
+    ids = reader.tokenizer(["a protein binds the receptor"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**ids).last_hidden_state, reader.encoder(**ids).last_hidden_state)
+    source = json.loads((exported / SOURCE_FILE).read_text())
+    assert (source["live_layers"], source["num_layers"]) == (1, 2) and source["reader"].endswith("final")
+    # the exported encoder is a memory encoder: its memory and a reader started from it
+    common, memory = trained["common"], tmp_path / "memory"
+    assert main(["read", "memory", *common, "--model", str(exported), "--k", "1", "--force-gold", "--output",
+                 str(memory)]) == 0
+    assert main(["read", "train", *common, "--memory", str(memory), "--model", str(exported), "--k", "1", "--output",
+                 str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4", "--precision", "fp32"]) == 0
+    capsys.readouterr()
+    assert main(["read", "export-encoder", "--reader", str(trained["reader"]), "--output", str(exported)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["read", "export-encoder", "--reader", str(tmp_path), "--output", str(tmp_path / "other")]) == 2
+    assert "is not a reader folder" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

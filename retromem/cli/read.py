@@ -1,4 +1,4 @@
-"""``retromem read train|predict|memory``: the memory-attending reader on KILT tasks."""
+"""``retromem read train|predict|memory|export-encoder``: the memory-attending reader on KILT tasks."""
 
 from __future__ import annotations
 
@@ -56,6 +56,16 @@ def add_parser(sub) -> None:
                     "retrieves for --task's questions (top --passages; with --force-gold also a gold passage where "
                     "retrieval missed it, as training reads), so that no whole knowledge source is encoded.")
     add_options(m, ReaderMemoryConfig, exclude=("memory",), required=("task", "run", "output"))
+    e = add_command(
+        read_sub, "export-encoder", run_export, help="save a reader's encoder as a plain encoder folder",
+        description="Save the encoder of a trained reader (every layer as training left it) as a Hugging Face "
+                    "encoder folder, which loads with AutoModel. Exported from a full re-encoding reader (--k equal "
+                    "to the encoder's layers) it is a memory encoder tuned on the task: `read memory --model OUTPUT "
+                    "--k 2` computes its memory, `read train --model OUTPUT --k 2` starts a LUMEN reader from it.")
+    e.add_argument("--reader", type=Path, required=True, help="reader folder (the final/ of `retromem read train`)")
+    e.add_argument("--output", type=Path, required=True, help="encoder folder to write (new, or empty)")
+    e.add_argument("--trust-remote-code", action="store_true", help="allow the reader's copy of its encoder's own "
+                   "Python code to run")
 
 
 def run_train(args) -> int:
@@ -113,6 +123,15 @@ def run_memory(args) -> int:
     start = time.perf_counter()
     _, count = build_reading_memory(config)
     print(f"memory of {count} passages in {time.perf_counter() - start:.1f}s -> {config.output}")
+    return 0
+
+
+def run_export(args) -> int:
+    from retromem.read.export import export_encoder
+
+    check_output_folder(args.output)
+    folder = export_encoder(args.reader, args.output, trust_remote_code=args.trust_remote_code)
+    print(f"the encoder of {args.reader} -> {folder} (loads with AutoModel; `retromem read memory --model {folder}`)")
     return 0
 
 
