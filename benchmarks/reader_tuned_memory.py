@@ -120,12 +120,13 @@ class Bench:
         return self._train_and_score(str(tuned), 2, self._memory(str(tuned), seed), seed)
 
     def _memory(self, model: str, seed: int):
-        """The fp16 memory of layer 4 of ``model`` over every passage the seed's training and dev read."""
+        """The fp16 memory of layer 4 of ``model`` over every passage training (the same ``--train-limit``
+        subsample for every seed, as ``read train`` draws it) and dev read."""
         from retromem.index.encoder import Encoder, EncoderConfig
         from retromem.index.memory_codecs import make_codec
         from retromem.read.memory import LiveMemory, states_at_layers
 
-        passages = dict(self.reading_set(self.train_cfg, seed=seed, force_gold=True).passages)
+        passages = dict(self.reading_set(self.train_cfg, force_gold=True).passages)  # training's: every seed's
         passages.update(self.dev.passages)
         ids = sorted(passages)
         # MiniLM's 256 tokens (its sentence-transformers length) for the exported folder too, which has no such config
