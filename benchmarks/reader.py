@@ -51,9 +51,7 @@ LAYERS = 6
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("transformers", "retromem.pretrain", "retromem.read.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_logging()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "reader.json"
@@ -64,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(results_path, results)
     write_report(results, out)
     return 0
+
+
+def quiet_logging() -> None:
+    """Timestamped INFO lines of the benchmark; only warnings from transformers and the training loops."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for name in ("transformers", "retromem.pretrain", "retromem.read.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def parse_args(argv):

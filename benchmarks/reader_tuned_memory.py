@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reader import TASKS, retrieve  # noqa: E402
+from reader import TASKS, quiet_logging, retrieve  # noqa: E402
 
 from retromem.data.kilt import read_kilt_task, resolve_kilt_task  # noqa: E402
 from retromem.eval.kilt import score_kilt  # noqa: E402
@@ -43,9 +43,7 @@ ROWS = ("k6", "k2", "k2-tuned")
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for name in ("transformers", "retromem.pretrain", "retromem.read.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_logging()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "reader_tuned_memory.json"
@@ -113,13 +111,13 @@ class Bench:
         if row == "k6":
             return self._train_and_score(resolve_model_path("minilm"), 6, None, seed, keep=True)
         if row == "k2":
-            return self._train_and_score(resolve_model_path("minilm"), 2, self._memory("minilm", seed), seed)
+            return self._train_and_score(resolve_model_path("minilm"), 2, self._memory("minilm"), seed)
         tuned = self.work / f"tuned-encoder-seed{seed}"
         shutil.rmtree(tuned, ignore_errors=True)
         export_encoder(self.work / f"k6-seed{seed}" / "final", tuned)
-        return self._train_and_score(str(tuned), 2, self._memory(str(tuned), seed), seed)
+        return self._train_and_score(str(tuned), 2, self._memory(str(tuned)), seed)
 
-    def _memory(self, model: str, seed: int):
+    def _memory(self, model: str):
         """The fp16 memory of layer 4 of ``model`` over every passage training (the same ``--train-limit``
         subsample for every seed, as ``read train`` draws it) and dev read."""
         from retromem.index.encoder import Encoder, EncoderConfig
