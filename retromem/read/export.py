@@ -39,9 +39,7 @@ def export_encoder(reader_folder: str | Path, output: str | Path, trust_remote_c
         reader.tokenizer.save_pretrained(staging)
         write_json_atomic(staging / SOURCE_FILE, {
             "reader": str(Path(reader_folder).resolve()), "encoder": spec.encoder, "live_layers": spec.live_layers,
-            "num_layers": spec.num_layers, "head": spec.head,
-            "tuned": ("every layer" if spec.full else f"the top {spec.live_layers} layers live, the lower ones as the "
-                      "question encoder" if spec.tune_question_encoder else f"the top {spec.live_layers} layers")})
+            "num_layers": spec.num_layers, "head": spec.head, "tuned": _tuned_layers(spec)})
         if output.exists():
             output.rmdir()
         staging.rename(output)
@@ -49,3 +47,12 @@ def export_encoder(reader_folder: str | Path, output: str | Path, trust_remote_c
         if staging.exists():
             shutil.rmtree(staging)
     return output
+
+
+def _tuned_layers(spec) -> str:
+    """Which of the exported encoder's layers training changed."""
+    if spec.full:
+        return "every layer"
+    if spec.tune_question_encoder:
+        return f"every layer: the top {spec.live_layers} live, the lower ones as the question encoder"
+    return f"the top {spec.live_layers} layers (the lower ones are the starting encoder's)"
