@@ -139,6 +139,16 @@ def test_an_encoder_of_its_own_code_is_read_only_with_trust_remote_code(world, t
     assert len(read_kilt_predictions(predictions)) == 16
     assert "kilt_ac" in json.loads((tmp_path / "eval" / "reader" / "results.json").read_text())["metrics"]
     assert type(load_reader(final, trust_remote_code=True).encoder).__name__ == "TinyRemoteModel"
+    # its encoder exports (again only with the flag) as a folder with the code beside it
+    exported = tmp_path / "exported"
+    assert main(["read", "export-encoder", "--reader", str(final), "--output", str(exported)]) == 2
+    assert "needs its own Python code" in capsys.readouterr().err and not exported.exists()
+    assert main(["read", "export-encoder", "--reader", str(final), "--output", str(exported),
+                 "--trust-remote-code"]) == 0
+    assert (exported / "modeling_tiny.py").is_file()
+    from transformers import AutoModel
+
+    assert type(AutoModel.from_pretrained(exported, trust_remote_code=True)).__name__ == "TinyRemoteModel"
 
 
 def test_an_exported_encoder_is_the_readers_and_makes_the_memory_of_a_new_reader(world, trained, tmp_path, capsys):
