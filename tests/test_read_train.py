@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from retromem.errors import ConfigError, DataError, MismatchError
+from retromem.errors import ConfigError, DataError, MismatchError, MissingDataError
 from retromem.index.encoder import Encoder, EncoderConfig
 from retromem.index.memory_codecs import make_codec
 from retromem.pretrain.trainer_utils import find_resume_checkpoint
@@ -135,3 +135,30 @@ def test_a_resumed_run_must_keep_the_answer_length(world, tiny_model_dir, encode
     with pytest.raises(MismatchError, match="max_answer_length: 32 in that run, 8 now"):
         train_reader(config(world, tiny_model_dir, tmp_path / "run", max_steps=4, save_steps=2, max_answer_length=8),
                      memory=memory)
+
+
+def test_a_head_starts_from_another_readers_of_any_k_and_a_misfit_is_refused(world, tiny_model_dir, encoder,
+                                                                             tmp_path):
+    from retromem.read.checkpoint import start_head_from
+    from retromem.read.model import MemoryReader
+
+    full = train_reader(config(world, tiny_model_dir, tmp_path / "full", live_layers=2, max_steps=2))
+    trained = load_file(full / "model.safetensors")
+    memory = live_memory(world, encoder, 1)
+    final = train_reader(config(world, tiny_model_dir, tmp_path / "k1", init_head=str(full), max_steps=1,
+                                learning_rate=1e-12, head_learning_rate=1e-12, warmup_ratio=0.0), memory=memory)
+    started = load_file(final / "model.safetensors")
+    heads = [name for name in trained if name.startswith("head.")]
+    assert heads and all(torch.allclose(started[n], trained[n], atol=1e-6) for n in heads)
+    fresh = train_reader(config(world, tiny_model_dir, tmp_path / "fresh", max_steps=1, learning_rate=1e-12,
+                                head_learning_rate=1e-12, warmup_ratio=0.0), memory=memory)
+    assert not all(torch.allclose(load_file(fresh / "model.safetensors")[n], trained[n], atol=1e-6) for n in heads)
+    span = train_reader(config(world, tiny_model_dir, tmp_path / "span", task="qa", live_layers=2, max_steps=1))
+    spec = load_reader(final).spec
+    with pytest.raises(MismatchError, match="has a span head, and this reader a classification head"):
+        start_head_from(MemoryReader.from_encoder(spec, str(tiny_model_dir)), span)
+    other = dataclasses.replace(spec, labels=["NOT ENOUGH INFO", "SUPPORTS"])
+    with pytest.raises(MismatchError, match=r"trained on the labels \['REFUTES', 'SUPPORTS'\]"):
+        start_head_from(MemoryReader.from_encoder(other, str(tiny_model_dir)), full)
+    with pytest.raises(MissingDataError, match="is not a reader folder"):
+        start_head_from(MemoryReader.from_encoder(spec, str(tiny_model_dir)), tmp_path)

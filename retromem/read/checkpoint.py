@@ -92,6 +92,39 @@ def load_reader(folder: str | Path, device: str | torch.device = "cpu", trust_re
     return reader.to(device).eval()
 
 
+def start_head_from(reader: Any, folder: str | Path) -> None:
+    """Copy the head of the trained reader in ``folder`` into ``reader`` (a new :class:`MemoryReader`): the same
+    kind of head over the same hidden size (for classification the same labels, in order; for a generative head
+    the same decoder), whatever its k. Refuses (:class:`MismatchError`) a head that does not fit."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    theirs = ReaderSpec.from_json(read_reader_meta(folder).details["spec"])
+    mine = reader.spec
+    fix = "give --init-head a reader trained with the same head, or leave it out (a fresh head)"
+    if theirs.head != mine.head:
+        raise MismatchError(f"--init-head {folder} has a {theirs.head} head, and this reader a {mine.head} head: {fix}")
+    if mine.head == "classification" and theirs.labels != mine.labels:
+        raise MismatchError(f"--init-head {folder} was trained on the labels {theirs.labels}, this task has "
+                            f"{mine.labels}: {fix}")
+    if mine.head == "generative" and (theirs.decoder_model, theirs.decoder_layers) != (mine.decoder_model,
+                                                                                      mine.decoder_layers):
+        raise MismatchError(f"--init-head {folder} has another decoder (--decoder-model {theirs.decoder_model}, "
+                            f"--decoder-layers {theirs.decoder_layers}) than this reader (--decoder-model "
+                            f"{mine.decoder_model}, --decoder-layers {mine.decoder_layers}): {fix}")
+    state = {name[len("head."):]: tensor for name, tensor in load_file(str(folder / WEIGHTS_FILE)).items()
+             if name.startswith("head.")}
+    own = reader.head.state_dict()
+    shapes = [f"{name} {tuple(state[name].shape)} there, {tuple(own[name].shape)} here"
+              for name in own if name in state and state[name].shape != own[name].shape]
+    odd = sorted(set(own) ^ set(state))
+    if shapes or odd:
+        raise MismatchError(f"the head of --init-head {folder} does not fit this reader's "
+                            f"({'; '.join(shapes) or 'weights on one side only: ' + ', '.join(odd[:3])}): it was "
+                            f"trained over another encoder; {fix}")
+    reader.head.load_state_dict(state)
+
+
 def require_memory(spec: ReaderSpec, encoder: EncoderInfo | Mapping[str, Any] | None, layer: int,
                    codec: Mapping[str, Any], where: str | Path) -> None:
     """Refuse (:class:`MismatchError`) a memory at ``where`` that was made by another encoder, holds another

@@ -31,7 +31,7 @@ from retromem.errors import ConfigError, DataError, MismatchError
 from retromem.model_paths import model_fingerprint, resolve_model_path
 from retromem.pretrain.run import FINAL_DIR, save_final_folder, start_run, trainer_arguments
 from retromem.read.batch import ReadItem, collate
-from retromem.read.checkpoint import WEIGHTS_FILE, memory_info, require_memory, save_reader
+from retromem.read.checkpoint import WEIGHTS_FILE, memory_info, require_memory, save_reader, start_head_from
 from retromem.read.codebook import check_tunable, codebook_digest, pq_centroids
 from retromem.read.memory import PassageReader
 from retromem.read.memory_open import open_memory
@@ -79,6 +79,8 @@ def train_reader(config: ReaderTrainConfig, memory: Any = None, callbacks: Seque
                     opaque={"data_key": "the task, the run, the knowledge source or the memory"})
     set_seed(config.seed)
     reader = MemoryReader.from_encoder(spec, model_path, config.trust_remote_code)
+    if config.init_head:
+        start_head_from(reader, config.init_head)  # a resumed run then loads its checkpoint's head over it
     if reader.codebook is not None:
         reader.codebook.start_from(memory.codec)  # the memory's own centroids, then trained with the reader
     source = PassageReader(spec, reader.tokenizer, data.passages, memory, where,

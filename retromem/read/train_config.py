@@ -25,7 +25,8 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
     RESUME_MUST_MATCH = (*RunSettings.RESUME_MUST_MATCH, "model", "live_layers", "head", "passages", "force_gold",
                          "batch_size", "learning_rate", "head_learning_rate", "warmup_ratio", "limit",
                          "decoder_layers", "decoder_model", "max_question_length", "max_passage_length",
-                         "max_answer_length", "tune_codebook", "codebook_learning_rate", "tune_question_encoder")
+                         "max_answer_length", "tune_codebook", "codebook_learning_rate", "tune_question_encoder",
+                         "init_head")
 
     output_dir: str = option("runs/reader", flag="--output", metavar="OUTPUT", help="run folder: checkpoints, final/")
     model: str = option(DEFAULT_MODEL, help="the encoder whose layers the reader splits (the memory's encoder)")
@@ -53,6 +54,11 @@ class ReaderTrainConfig(ReadingOptions, RunSettings):
                                          "layers that encode the question frozen, in the memory encoder's space "
                                          "(by default they are fine-tuned with the live layers, as LUMEN's question "
                                          "encoder; the memory is never changed by training)")
+    init_head: str | None = option(None, metavar="READER", help="start the head from this trained reader's "
+                                   "(its final/ folder; the same head, labels and encoder size, any k) instead of "
+                                   "a fresh one, e.g. the k = N reader whose exported encoder (`read "
+                                   "export-encoder`) made the memory; it trains at --head-lr, which such a head "
+                                   "wants lower (as --lr)")
     tune_codebook: bool = option(False, help="MEMORY-VQ-style: train the centroids of a pq --memory's codebook "
                                  "with the reader (it decodes the stored codes itself, the codes stay fixed: "
                                  "straight through); needs codec pq and --k below the encoder's layers")
